@@ -1,0 +1,86 @@
+/**
+ * The four contenders, each the way its users would write a broadcasting, echoing server:
+ * - stabilizer: this plugin with default options (heartbeats on), `app.stabilizer.broadcast`;
+ * - fastify-websocket: raw @fastify/websocket, sockets kept in a Set, a plain send loop;
+ * - ws: a raw WebSocketServer, a plain send loop over `wss.clients`;
+ * - socket.io: a socket.io server (websocket transport only), `io.emit`.
+ */
+import Fastify from 'fastify'
+import websocket from '@fastify/websocket'
+import { createServer } from 'node:http'
+import { Server as SocketIoServer } from 'socket.io'
+import { WebSocketServer, type WebSocket } from 'ws'
+import stabilizer from '../lib/index.js'
+
+export const contenderNames = ['stabilizer', 'fastify-websocket', 'ws', 'socket.io'] as const
+export type ContenderName = (typeof contenderNames)[number]
+
+export interface Contender {
+  port: number
+  connections: () => number
+  /** Sends one text message to every client; resolves when the server is done sending. */
+  broadcast: (message: string) => void | Promise<unknown>
+  close: () => Promise<void>
+}
+
+const host = '127.0.0.1'
+
+function echo (socket: WebSocket): void {
+  socket.on('message', (data, isBinary) => { socket.send(data, { binary: isBinary }) })
+}
+
+export async function startContender (name: ContenderName): Promise<Contender> {
+  if (name === 'stabilizer') {
+    const app = Fastify()
+    await app.register(stabilizer, { maxConnections: 100_000, statsRoute: false })
+    app.get('/ws', { websocket: true }, echo)
+    await app.listen({ port: 0, host })
+    return {
+      port: (app.server.address() as { port: number }).port,
+      connections: () => app.stabilizer.getConnectionCount(),
+      broadcast: async (message) => await app.stabilizer.broadcast(message),
+      close: async () => { await app.close() }
+    }
+  }
+  if (name === 'fastify-websocket') {
+    const app = Fastify()
+    await app.register(websocket)
+    const sockets = new Set<WebSocket>()
+    app.get('/ws', { websocket: true }, (socket) => {
+      sockets.add(socket)
+      socket.on('close', () => sockets.delete(socket))
+      echo(socket)
+    })
+    await app.listen({ port: 0, host })
+    return {
+      port: (app.server.address() as { port: number }).port,
+      connections: () => sockets.size,
+      broadcast: (message) => { for (const socket of sockets) socket.send(message) },
+      close: async () => { await app.close() }
+    }
+  }
+  if (name === 'ws') {
+    const wss = new WebSocketServer({ port: 0, host })
+    await new Promise((resolve) => wss.once('listening', resolve))
+    wss.on('connection', (socket) => { socket.on('error', () => {}); echo(socket) })
+    return {
+      port: (wss.address() as { port: number }).port,
+      connections: () => wss.clients.size,
+      broadcast: (message) => { for (const socket of wss.clients) socket.send(message) },
+      close: async () => {
+        for (const socket of wss.clients) socket.terminate()
+        await new Promise((resolve) => wss.close(resolve))
+      }
+    }
+  }
+  const server = createServer()
+  const io = new SocketIoServer(server, { transports: ['websocket'], serveClient: false })
+  io.on('connection', (socket) => { socket.on('e', (data: unknown) => socket.emit('e', data)) })
+  await new Promise<void>((resolve) => server.listen(0, host, resolve))
+  return {
+    port: (server.address() as { port: number }).port,
+    connections: () => io.engine.clientsCount,
+    broadcast: (message) => { io.emit('m', message) },
+    close: async () => { await io.close() }
+  }
+}

@@ -1,0 +1,67 @@
+// One heartbeat contender in its own process:
+//   node --import tsx bench/heartbeat-server.ts <stabilizer|ws-sweep> INTERVAL_MS
+// Prints {"port"} once listening; on a "measure MS" line from the controller (stdin, never the
+// sockets under test) it measures for MS and prints {"cpuMicros","userMicros","systemMicros",
+// "pongs","maxStallMs","longestTickMs","connections"} (longestTickMs: the stabilizer's own figure).
+import Fastify from 'fastify'
+import { createInterface } from 'node:readline'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { WebSocketServer, type WebSocket } from 'ws'
+import stabilizer from '../lib/index.js'
+
+const [contender = 'stabilizer', intervalArg = '1000'] = process.argv.slice(2)
+const interval = Number(intervalArg)
+let pongs = 0
+let connections: () => number
+let port: number
+
+if (contender === 'stabilizer') {
+  const app = Fastify()
+  await app.register(stabilizer, { maxConnections: 100_000, heartbeatInterval: interval, heartbeatTimeout: Math.floor(interval / 2), statsRoute: false })
+  app.get('/ws', { websocket: true }, () => {})
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  port = (app.server.address() as { port: number }).port
+  connections = () => app.stabilizer.getConnectionCount()
+  const pongsNow = (): number => app.stabilizer.getStats().heartbeat.pongsReceived
+  Object.defineProperty(globalThis, 'pongCount', { get: pongsNow })
+  Object.defineProperty(globalThis, 'longestTick', { get: () => app.stabilizer.getStats().heartbeat.longestTickMs })
+} else {
+  // The heartbeat of ws's README: one sweep over every client per interval.
+  type Live = WebSocket & { isAlive?: boolean }
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' })
+  await new Promise((resolve) => wss.once('listening', resolve))
+  port = (wss.address() as { port: number }).port
+  wss.on('connection', (ws: Live) => {
+    ws.isAlive = true
+    ws.on('pong', () => { ws.isAlive = true; pongs++ })
+    ws.on('error', () => {})
+  })
+  setInterval(() => {
+    for (const ws of wss.clients as Set<Live>) {
+      if (ws.isAlive === false) { ws.terminate(); continue }
+      ws.isAlive = false
+      ws.ping()
+    }
+  }, interval).unref()
+  connections = () => wss.clients.size
+  Object.defineProperty(globalThis, 'pongCount', { get: () => pongs })
+}
+
+process.stdout.write(`${JSON.stringify({ port })}\n`)
+const pongCount = (): number => (globalThis as unknown as { pongCount: number }).pongCount
+createInterface({ input: process.stdin }).on('line', (line) => {
+  const [command, arg] = line.split(' ')
+  if (command === 'count') process.stdout.write(`${JSON.stringify({ connections: connections() })}\n`)
+  if (command !== 'measure') return
+  const histogram = monitorEventLoopDelay({ resolution: 1 })
+  histogram.enable()
+  const startCpu = process.cpuUsage()
+  const startPongs = pongCount()
+  setTimeout(() => {
+    const cpu = process.cpuUsage(startCpu)
+    histogram.disable()
+    const longestTickMs = (globalThis as unknown as { longestTick?: number }).longestTick ?? null
+    process.stdout.write(`${JSON.stringify({ cpuMicros: cpu.user + cpu.system, userMicros: cpu.user, systemMicros: cpu.system, pongs: pongCount() - startPongs, maxStallMs: histogram.max / 1e6, longestTickMs, connections: connections() })}\n`)
+  }, Number(arg))
+})
+process.stdin.on('end', () => process.exit(0))

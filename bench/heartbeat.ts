@@ -1,0 +1,87 @@
+/**
+ * Heartbeat cost, side by side in one interleaved run: the stabilizer's timing wheel against
+ * ws's README heartbeat (one sweep over every client per interval).
+ * - CPU per ping/pong: server CPU time over a window / pongs received in it;
+ * - longest event-loop stall in the window (monitorEventLoopDelay, 1 ms resolution).
+ * Server and clients run in separate processes; the controller talks to the server over its
+ * stdin/stdout only. Run: npx tsx bench/heartbeat.ts [connections=10000,18000] [rounds=3]
+ * A 50k point needs an open-file limit above 50k for one process; where the hard limit is
+ * lower (`ulimit -Hn`), the 50k row measures the scheduler alone (no sockets), see below.
+ */
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { createInterface } from 'node:readline'
+import os from 'node:os'
+import { fileURLToPath } from 'node:url'
+import { HeartbeatScheduler, HeartbeatState } from '../lib/heartbeat.js'
+import type { Connection } from '../lib/connection.js'
+import { startClientProcess, killProcess } from '../test/fixtures/processes.js'
+
+const sizes = (process.argv[2] ?? '10000,18000').split(',').map(Number)
+const rounds = Number(process.argv[3] ?? 3)
+const interval = 1000
+const windowMs = 5 * interval
+const root = fileURLToPath(new URL('..', import.meta.url))
+
+interface Result { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, connections: number }
+
+async function measure (contender: string, connections: number): Promise<Result> {
+  const server = spawn(process.execPath, ['--import', 'tsx', 'bench/heartbeat-server.ts', contender, String(interval)], { cwd: root, stdio: ['pipe', 'pipe', 'inherit'] })
+  const lines = createInterface({ input: server.stdout })[Symbol.asyncIterator]()
+  const next = async (): Promise<Record<string, number>> => JSON.parse((await lines.next()).value as string) as Record<string, number>
+  try {
+    const { port } = await next()
+    const clients = []
+    for (let left = connections; left > 0; left -= 9000) clients.push(await startClientProcess(`ws://127.0.0.1:${port}/ws`, Math.min(9000, left)))
+    // Let every connection go through a few heartbeats before measuring.
+    await new Promise((resolve) => setTimeout(resolve, 2 * interval))
+    server.stdin.write(`measure ${windowMs}\n`)
+    const result = await next() as unknown as Result
+    for (const client of clients) await killProcess(client)
+    return result
+  } finally {
+    server.stdin.end()
+    if (server.exitCode === null) await once(server, 'exit')
+  }
+}
+
+const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
+
+console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, interval ${interval} ms, window ${windowMs} ms, ${rounds} interleaved rounds, medians\n`)
+console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | longest loop stall (ms) | longest heartbeat tick (ms) | pongs in window |')
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
+for (const size of sizes) {
+  const runs: Record<string, Result[]> = { stabilizer: [], 'ws-sweep': [] }
+  for (let round = 0; round < rounds; round++) {
+    for (const contender of round % 2 === 0 ? ['stabilizer', 'ws-sweep'] : ['ws-sweep', 'stabilizer']) runs[contender].push(await measure(contender, size))
+  }
+  const perPong = (r: Result): number => r.cpuMicros / Math.max(1, r.pongs)
+  const sweep = median(runs['ws-sweep'].map(perPong))
+  for (const contender of ['stabilizer', 'ws-sweep']) {
+    const cpu = median(runs[contender].map(perPong))
+    const user = median(runs[contender].map((r) => r.userMicros / Math.max(1, r.pongs)))
+    const system = median(runs[contender].map((r) => r.systemMicros / Math.max(1, r.pongs)))
+    const tick = contender === 'stabilizer' ? median(runs[contender].map((r) => r.longestTickMs ?? 0)).toFixed(1) : '(the sweep is one tick: see the stall)'
+    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)} | ${tick} | ${median(runs[contender].map((r) => r.pongs))} |`)
+  }
+}
+
+// 50k: the scheduler's own cost, without sockets (each ping answered at once).
+const fake = 50_000
+const scheduler: HeartbeatScheduler = new HeartbeatScheduler({ interval, timeout: interval / 2 }, {
+  sendPing: (connection) => { queueMicrotask(() => scheduler.alive(connection, true)); return true },
+  terminate: () => { throw new Error('no one should time out') }
+})
+for (let i = 0; i < fake; i++) scheduler.add({ id: String(i), state: 'open', heartbeat: new HeartbeatState() } as unknown as Connection)
+let longestTick = 0
+const realTick = scheduler.tick.bind(scheduler)
+scheduler.tick = () => { const started = performance.now(); realTick(); longestTick = Math.max(longestTick, performance.now() - started) }
+await new Promise((resolve) => setTimeout(resolve, 2 * interval))
+longestTick = 0
+const cpuBefore = process.cpuUsage()
+const pongsBefore = scheduler.counters.pongsReceived
+await new Promise((resolve) => setTimeout(resolve, windowMs))
+const cpu = process.cpuUsage(cpuBefore)
+const pongs = scheduler.counters.pongsReceived - pongsBefore
+scheduler.stop()
+console.log(`\n${fake} connections, scheduler alone (no sockets: the per-socket ping write is the same for both contenders and is measured above): ${((cpu.user + cpu.system) / pongs).toFixed(2)} µs CPU per ping/pong of scheduling, longest tick ${longestTick.toFixed(2)} ms, ${pongs} pongs in ${windowMs} ms.`)

@@ -1,0 +1,84 @@
+// A benchmark server process: node --expose-gc --import tsx bench/server.ts <contender>
+// Commands arrive as JSON lines on stdin (from the controller, never over the sockets under
+// test); each gets one JSON line on stdout.
+import { createInterface } from 'node:readline'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { setImmediate as nextTurn } from 'node:timers/promises'
+import { startContender, type ContenderName } from './contenders.js'
+
+const contender = await startContender(process.argv[2] as ContenderName)
+const reply = (value: Record<string, unknown>): void => { process.stdout.write(`${JSON.stringify(value)}\n`) }
+reply({ port: contender.port })
+
+function collectGarbage (): void {
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (gc === undefined) throw new Error('run with --expose-gc')
+  gc()
+  gc()
+}
+
+/** A 100-byte (or `size`) text message carrying its id and the monotonic send time. */
+function payload (id: number, size: number): string {
+  const head = `${id} ${process.hrtime.bigint()} `
+  return head + 'x'.repeat(Math.max(0, size - head.length))
+}
+
+interface Command { cmd: string, count?: number, size?: number, spacingMs?: number, perTurn?: number }
+
+const lag = monitorEventLoopDelay({ resolution: 1 })
+
+async function run (command: Command): Promise<Record<string, unknown>> {
+  switch (command.cmd) {
+    case 'connections':
+      return { connections: contender.connections() }
+    case 'lagStart':
+      lag.reset()
+      lag.enable()
+      return {}
+    case 'lagStop':
+      lag.disable()
+      return { maxLagMs: lag.max / 1e6 }
+    case 'memory': {
+      collectGarbage()
+      const usage = process.memoryUsage()
+      return { rss: usage.rss, heapUsed: usage.heapUsed, connections: contender.connections() }
+    }
+    case 'sequential': {
+      // One broadcast at a time, spaced so that each completes before the next one.
+      const histogram = monitorEventLoopDelay({ resolution: 1 })
+      histogram.enable()
+      const sendLoops: number[] = []
+      for (let id = 0; id < command.count!; id++) {
+        const started = performance.now()
+        await contender.broadcast(payload(id, command.size!))
+        sendLoops.push(performance.now() - started)
+        await new Promise((resolve) => setTimeout(resolve, command.spacingMs))
+      }
+      histogram.disable()
+      sendLoops.sort((a, b) => a - b)
+      return { sendLoopP50: sendLoops[Math.floor(sendLoops.length / 2)], sendLoopMax: sendLoops[sendLoops.length - 1], maxStallMs: histogram.max / 1e6 }
+    }
+    case 'burst': {
+      // Broadcasts back to back, `perTurn` of them started per event-loop turn (several in flight).
+      const started = performance.now()
+      let pending: Array<void | Promise<unknown>> = []
+      for (let id = 0; id < command.count!; id++) {
+        pending.push(contender.broadcast(payload(id, command.size!)))
+        if (pending.length === command.perTurn) {
+          await Promise.all(pending)
+          pending = []
+          await nextTurn()
+        }
+      }
+      await Promise.all(pending)
+      return { sendMs: performance.now() - started }
+    }
+    default:
+      throw new Error(`unknown command ${command.cmd}`)
+  }
+}
+
+createInterface({ input: process.stdin }).on('line', (line) => {
+  run(JSON.parse(line) as Command).then(reply, (err: unknown) => reply({ error: String(err) }))
+})
+process.stdin.on('end', () => { void contender.close().then(() => process.exit(0)) })

@@ -1,0 +1,37 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import { readFile } from 'node:fs/promises'
+import stabilizer, { type StabilizerOptions } from '../lib/index.js'
+
+const page = new URL('./public/index.html', import.meta.url)
+
+/**
+ * A small chat server: every message a client sends is broadcast to everyone as
+ * `{ from, text }`; `/join <room>` and `/say <room> <text>` use groups.
+ */
+export async function buildChatApp (options: StabilizerOptions = {}, fastifyOptions: FastifyServerOptions = { logger: true }): Promise<FastifyInstance> {
+  const app = Fastify(fastifyOptions)
+  await app.register(stabilizer, { shutdownTimeout: 5_000, ...options })
+
+  app.get('/', async (_request, reply) => reply.type('text/html').send(await readFile(page)))
+
+  app.get<{ Params: { clientId: string } }>('/ws/:clientId', { websocket: true }, (socket, request) => {
+    const from = request.params.clientId
+    socket.on('message', (data, isBinary) => {
+      if (isBinary) return
+      const text = data.toString()
+      const room = /^\/join (\S+)$/.exec(text)
+      if (room !== null) {
+        app.stabilizer.join(from, room[1])
+        void app.stabilizer.sendToClient(from, { system: `joined ${room[1]}` })
+        return
+      }
+      const say = /^\/say (\S+) (.+)$/.exec(text)
+      if (say !== null) {
+        void app.stabilizer.broadcast({ from, room: say[1], text: say[2] }, { group: say[1] })
+        return
+      }
+      void app.stabilizer.broadcast({ from, text })
+    })
+  })
+  return app
+}

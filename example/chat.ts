@@ -1,0 +1,17 @@
+import { buildChatApp } from './app.js'
+
+const app = await buildChatApp()
+const port = Number(process.env.PORT ?? 3000)
+const host = process.env.HOST ?? '127.0.0.1'
+await app.listen({ port, host })
+app.log.info(`chat page: http://${host}:${port}/  —  stats: http://${host}:${port}/ws-stats`)
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    app.log.info({ signal }, 'shutting down')
+    app.close().then(() => process.exit(0), (err: unknown) => {
+      app.log.error({ err }, 'shutdown failed')
+      process.exit(1)
+    })
+  })
+}

@@ -1,0 +1,93 @@
+import createError, { type FastifyErrorConstructor } from '@fastify/error'
+import { CloseCode } from './close-codes.js'
+
+/**
+ * The error catalog. Every error is an `@fastify/error` class with an
+ * `FST_WS_STABILIZER_*` code, exported under the name the Python library uses.
+ * An error that ends a socket carries the WebSocket close code it was closed with
+ * as `closeCode`.
+ */
+
+type ErrorWithCloseCode<E extends { code: string, statusCode?: number }> =
+  FastifyErrorConstructor<E & { closeCode?: number }>
+
+function define<C extends string, SC extends number> (
+  code: C,
+  message: string,
+  statusCode: SC,
+  closeCode?: number,
+  Base: ErrorConstructor = Error
+): ErrorWithCloseCode<{ code: C, statusCode: SC }> {
+  const ErrorClass = createError(code, message, statusCode, Base)
+  if (closeCode !== undefined) {
+    Object.defineProperty(ErrorClass.prototype, 'closeCode', { value: closeCode, enumerable: false })
+  }
+  return ErrorClass as ErrorWithCloseCode<{ code: C, statusCode: SC }>
+}
+
+/** Base class: `err instanceof WebSocketStabilizerError` holds for every error below. */
+export const WebSocketStabilizerError = define<string, number>('FST_WS_STABILIZER_ERROR', '%s', 500)
+const Base = WebSocketStabilizerError as unknown as ErrorConstructor
+
+/** A plugin option failed validation at register time. */
+export const InvalidOptionError = define('FST_WS_STABILIZER_INVALID_OPTION', 'Invalid option "%s": %s', 500, undefined, Base)
+/** No open connection has that client id. */
+export const ConnectionNotFoundError = define('FST_WS_STABILIZER_CONNECTION_NOT_FOUND', 'No connection with client id "%s"', 404, undefined, Base)
+/** `maxConnections` was reached (HTTP 503 before an upgrade; close 1013 for a manually connected socket). */
+export const ConnectionLimitExceededError = define('FST_WS_STABILIZER_CONNECTION_LIMIT', 'Connection limit of %d reached', 503, CloseCode.TRY_AGAIN_LATER, Base)
+/** A peer did not answer in time (heartbeat timeout). */
+export const ConnectionTimeoutError = define('FST_WS_STABILIZER_CONNECTION_TIMEOUT', 'Client "%s" did not answer within %d ms', 408, CloseCode.ABNORMAL, Base)
+/** A reconnect token has expired. */
+export const TokenExpiredError = define('FST_WS_STABILIZER_TOKEN_EXPIRED', 'Reconnect token expired', 401, undefined, Base)
+/** A reconnect token is malformed, tampered with, or already used. */
+export const InvalidTokenError = define('FST_WS_STABILIZER_INVALID_TOKEN', 'Invalid reconnect token: %s', 401, undefined, Base)
+/** A broadcast could not be delivered at all. */
+export const BroadcastFailedError = define('FST_WS_STABILIZER_BROADCAST_FAILED', 'Broadcast failed: %s', 500, undefined, Base)
+/** The stabilizer is shutting down and refuses new work (HTTP 503 before an upgrade). */
+export const ShutdownError = define('FST_WS_STABILIZER_SHUTTING_DOWN', 'Server is shutting down', 503, CloseCode.SERVICE_RESTART, Base)
+/** A write would exceed a memory budget. */
+export const MemoryLimitExceededError = define('FST_WS_STABILIZER_MEMORY_LIMIT', 'Memory limit exceeded: %s', 507, undefined, Base)
+/** The upgrade's Origin is not in `allowedOrigins` (cross-site WebSocket hijacking). */
+export const OriginNotAllowedError = define('FST_WS_STABILIZER_ORIGIN_NOT_ALLOWED', 'Origin %s is not allowed', 403, undefined, Base)
+/** A client IP is over `maxConnectionsPerIp` or `connectRatePerIp`. */
+export const TooManyConnectionsError = define('FST_WS_STABILIZER_TOO_MANY_CONNECTIONS', '%s', 429, undefined, Base)
+/** A reconnect-token request was not authorized (its caller does not hold that client id). */
+export const TokenRequestForbiddenError = define('FST_WS_STABILIZER_TOKEN_REQUEST_FORBIDDEN', 'Not allowed to obtain a reconnect token for this client', 403, undefined, Base)
+/** The identity hook returned something that cannot be a client id. */
+export const InvalidClientIdError = define('FST_WS_STABILIZER_INVALID_CLIENT_ID', 'Invalid client id: %s', 400, undefined, Base)
+
+// Each error class also names its instance type, as a class declaration would.
+/* eslint-disable @typescript-eslint/no-redeclare */
+export type WebSocketStabilizerError = InstanceType<typeof WebSocketStabilizerError>
+export type InvalidOptionError = InstanceType<typeof InvalidOptionError>
+export type ConnectionNotFoundError = InstanceType<typeof ConnectionNotFoundError>
+export type ConnectionLimitExceededError = InstanceType<typeof ConnectionLimitExceededError>
+export type ConnectionTimeoutError = InstanceType<typeof ConnectionTimeoutError>
+export type TokenExpiredError = InstanceType<typeof TokenExpiredError>
+export type InvalidTokenError = InstanceType<typeof InvalidTokenError>
+export type BroadcastFailedError = InstanceType<typeof BroadcastFailedError>
+export type ShutdownError = InstanceType<typeof ShutdownError>
+export type MemoryLimitExceededError = InstanceType<typeof MemoryLimitExceededError>
+export type InvalidClientIdError = InstanceType<typeof InvalidClientIdError>
+export type OriginNotAllowedError = InstanceType<typeof OriginNotAllowedError>
+export type TooManyConnectionsError = InstanceType<typeof TooManyConnectionsError>
+export type TokenRequestForbiddenError = InstanceType<typeof TokenRequestForbiddenError>
+/* eslint-enable @typescript-eslint/no-redeclare */
+
+/** Every error class of the catalog, by exported name (the README documents each code). */
+export const errorCatalog = {
+  WebSocketStabilizerError,
+  InvalidOptionError,
+  ConnectionNotFoundError,
+  ConnectionLimitExceededError,
+  ConnectionTimeoutError,
+  TokenExpiredError,
+  InvalidTokenError,
+  BroadcastFailedError,
+  ShutdownError,
+  MemoryLimitExceededError,
+  InvalidClientIdError,
+  OriginNotAllowedError,
+  TooManyConnectionsError,
+  TokenRequestForbiddenError
+} as const

@@ -1,0 +1,277 @@
+import type { Connection } from './connection.js'
+
+/** What the scheduler needs from the rest of the stabilizer. */
+export interface HeartbeatHost {
+  /** Sends one ping (protocol frame or application message); false if the socket refused it. */
+  sendPing: (connection: Connection) => boolean
+  /** Ends a connection that did not answer in time. */
+  terminate: (connection: Connection) => void
+}
+
+export interface HeartbeatSettings {
+  /** Milliseconds between pings; > 0 (0 disables the scheduler altogether: do not build one). */
+  interval: number
+  /**
+   * Milliseconds a ping may stay unanswered; 0 = keepalive only, never terminate. It may
+   * exceed the interval: no new ping is sent while one is unanswered.
+   */
+  timeout: number
+}
+
+export interface HeartbeatCounters {
+  pingsSent: number
+  pongsReceived: number
+  /** Connections terminated for not answering. */
+  timeouts: number
+  /** Connections suspected at their deadline whose answer was found in pending I/O. */
+  reprieves: number
+  /** Longest time one tick of the scheduler held the event loop, in ms, since start. */
+  longestTickMs: number
+}
+
+/** Smoothing factor of the RTT average (as TCP's SRTT: 1/8). */
+const rttAlpha = 0.125
+
+/**
+ * Pings sent per event-loop turn at most. A tick that has more due (after the loop was busy,
+ * e.g. accepting a reconnect storm) continues on the next turn instead of holding the loop:
+ * ~256 pings cost 2–4 ms on the development machine (bench/heartbeat.ts).
+ */
+export const pingsPerTurn = 256
+
+const enum Phase { Idle = 0, PingDue = 1, AwaitingPong = 2, Judging = 3 }
+
+/**
+ * Per-connection heartbeat state, kept on the connection object itself: an intrusive list
+ * node (no allocation per schedule), the phase, and the RTT figures.
+ */
+export class HeartbeatState {
+  next: Connection | null = null
+  prev: Connection | null = null
+  slot = -1
+  dueTick = 0
+  phase: Phase = Phase.Idle
+  awaitingPong = false
+  pingSentAt = 0
+  lastRtt: number | undefined = undefined
+  smoothedRtt: number | undefined = undefined
+}
+
+/**
+ * One scheduler for all connections: a timing wheel of `slots` lists, advanced by one timer.
+ *
+ * Each connection sits in exactly one slot: its next event (a ping, or the check of an
+ * unanswered ping). A tick costs in proportion to the connections due, never a sweep of
+ * everyone; first pings are jittered over [interval/2, interval] so a mass reconnect does not
+ * synchronise them.
+ *
+ * No false kills: a tick only marks connections whose deadline passed as suspects. The
+ * verdict is given two `setImmediate` hops later, after the poll phase has read whatever was
+ * waiting in the socket buffers — so a peer whose pong sat unread while the event loop was
+ * blocked is found alive (a "reprieve"), however long the block.
+ */
+export class HeartbeatScheduler {
+  readonly counters: HeartbeatCounters = { pingsSent: 0, pongsReceived: 0, timeouts: 0, reprieves: 0, longestTickMs: 0 }
+  readonly tickMs: number
+  private readonly interval: number
+  private readonly timeout: number
+  private readonly host: HeartbeatHost
+  private readonly wheel: Array<Connection | null>
+  private readonly epoch = performance.now()
+  private processedTick: number
+  private timer: NodeJS.Timeout | undefined = undefined
+  private size = 0
+  private stopped = false
+  private continuation: NodeJS.Immediate | undefined = undefined
+
+  constructor (settings: HeartbeatSettings, host: HeartbeatHost) {
+    this.interval = settings.interval
+    this.timeout = settings.timeout
+    this.host = host
+    const shortest = this.timeout > 0 ? Math.min(this.interval, this.timeout) : this.interval
+    this.tickMs = Math.max(5, Math.min(50, Math.floor(shortest / 20)))
+    // The wheel must span the longest delay it is ever asked to hold, plus catch-up room.
+    const longest = Math.max(this.interval, this.timeout)
+    this.wheel = new Array<Connection | null>(Math.ceil(longest / this.tickMs) + 3).fill(null)
+    this.processedTick = this.currentTick()
+  }
+
+  /** Connections currently scheduled. */
+  get scheduled (): number {
+    return this.size
+  }
+
+  /** Schedules a new connection's first ping at a random point of [interval/2, interval]. */
+  add (connection: Connection): void {
+    if (this.stopped) return
+    const state = connection.heartbeat
+    state.phase = Phase.PingDue
+    this.insert(connection, performance.now() + this.interval * (0.5 + Math.random() * 0.5))
+  }
+
+  /** Forgets a connection (it closed). */
+  remove (connection: Connection): void {
+    const state = connection.heartbeat
+    if (state.slot !== -1) this.unlink(connection)
+    state.phase = Phase.Idle
+    if (this.size === 0) this.stopTimer()
+  }
+
+  /** Records proof of life. With `rtt`, it was the answer to our ping and is measured. */
+  alive (connection: Connection, measureRtt: boolean): void {
+    const state = connection.heartbeat
+    if (!state.awaitingPong) return
+    state.awaitingPong = false
+    if (state.phase === Phase.AwaitingPong && state.slot !== -1) {
+      // Answered: the next event is the next ping, one interval after this one (a suspect
+      // being judged keeps its place: the verdict will reprieve it).
+      this.unlink(connection)
+      state.phase = Phase.PingDue
+      this.insert(connection, state.pingSentAt + this.interval)
+    }
+    if (!measureRtt) return
+    this.counters.pongsReceived++
+    const rtt = performance.now() - state.pingSentAt
+    state.lastRtt = rtt
+    state.smoothedRtt = state.smoothedRtt === undefined ? rtt : state.smoothedRtt + rttAlpha * (rtt - state.smoothedRtt)
+  }
+
+  /** Stops every timer; nothing is scheduled afterwards. */
+  stop (): void {
+    this.stopped = true
+    this.stopTimer()
+    for (let slot = 0; slot < this.wheel.length; slot++) {
+      let connection = this.wheel[slot]
+      while (connection !== null) {
+        const next = connection.heartbeat.next
+        connection.heartbeat.next = null
+        connection.heartbeat.prev = null
+        connection.heartbeat.slot = -1
+        connection = next
+      }
+      this.wheel[slot] = null
+    }
+    this.size = 0
+  }
+
+  /**
+   * Advances the wheel to now, processing every slot that came due (catching up after a
+   * stall), at most `pingsPerTurn` pings per event-loop turn.
+   */
+  tick (): void {
+    const started = performance.now()
+    this.continuation = undefined
+    const target = this.currentTick()
+    let suspects: Connection[] | undefined
+    let budget = pingsPerTurn
+    while (this.processedTick < target && budget > 0) {
+      const tick = this.processedTick + 1
+      const slot = tick % this.wheel.length
+      let connection = this.wheel[slot]
+      while (connection !== null && budget > 0) {
+        const next = connection.heartbeat.next
+        if (connection.heartbeat.dueTick <= tick) {
+          this.unlink(connection)
+          if (this.fire(connection)) (suspects ??= []).push(connection)
+          else budget--
+        }
+        connection = next
+      }
+      // A slot is done only when it was walked to its end within the budget.
+      if (connection === null) this.processedTick = tick
+    }
+    if (this.processedTick < target && !this.stopped) this.continuation ??= setImmediate(() => this.tick())
+    if (suspects !== undefined) {
+      const judged = suspects
+      // Two hops: the first check phase follows this iteration's poll phase, the second one
+      // follows one more — any pong that was waiting in a socket buffer has been read by then.
+      setImmediate(() => setImmediate(() => this.judge(judged)))
+    }
+    const took = performance.now() - started
+    if (took > this.counters.longestTickMs) this.counters.longestTickMs = took
+  }
+
+  /** Handles one due event; true when the connection is a suspect to judge after pending I/O. */
+  private fire (connection: Connection): boolean {
+    const state = connection.heartbeat
+    const now = performance.now()
+    if (state.phase === Phase.AwaitingPong) {
+      // Still unanswered (an answer moves the connection to its next ping).
+      state.phase = Phase.Judging
+      return true
+    }
+    // Phase.PingDue
+    if (!this.host.sendPing(connection)) return false // closing: its close removes it
+    this.counters.pingsSent++
+    state.pingSentAt = now
+    state.awaitingPong = true
+    if (this.timeout > 0) {
+      state.phase = Phase.AwaitingPong
+      this.insert(connection, now + this.timeout)
+    } else {
+      this.insert(connection, now + this.interval)
+    }
+    return false
+  }
+
+  private judge (suspects: readonly Connection[]): void {
+    // Stopped (shutdown) between the tick and the verdict: the drain decides their fate now.
+    if (this.stopped) return
+    for (const connection of suspects) {
+      const state = connection.heartbeat
+      if (state.phase !== Phase.Judging || connection.state !== 'open') continue
+      if (state.awaitingPong) {
+        this.counters.timeouts++
+        state.phase = Phase.Idle
+        this.host.terminate(connection)
+      } else {
+        this.counters.reprieves++
+        state.phase = Phase.PingDue
+        this.insert(connection, Math.max(performance.now(), state.pingSentAt + this.interval))
+      }
+    }
+  }
+
+  private currentTick (): number {
+    return Math.floor((performance.now() - this.epoch) / this.tickMs)
+  }
+
+  /** Puts a connection in the slot of the first tick at or after `at` (never early). */
+  private insert (connection: Connection, at: number): void {
+    if (this.stopped) return
+    if (this.timer === undefined) {
+      // The timer runs only while something is scheduled.
+      this.processedTick = this.currentTick()
+      this.timer = setInterval(() => this.tick(), this.tickMs)
+      this.timer.unref()
+    }
+    const state = connection.heartbeat
+    const dueTick = Math.max(this.processedTick + 1, Math.ceil((at - this.epoch) / this.tickMs))
+    const slot = dueTick % this.wheel.length
+    state.dueTick = dueTick
+    state.slot = slot
+    state.prev = null
+    state.next = this.wheel[slot]
+    if (state.next !== null) state.next.heartbeat.prev = connection
+    this.wheel[slot] = connection
+    this.size++
+  }
+
+  private unlink (connection: Connection): void {
+    const state = connection.heartbeat
+    if (state.prev !== null) state.prev.heartbeat.next = state.next
+    else this.wheel[state.slot] = state.next
+    if (state.next !== null) state.next.heartbeat.prev = state.prev
+    state.next = null
+    state.prev = null
+    state.slot = -1
+    this.size--
+  }
+
+  private stopTimer (): void {
+    if (this.timer !== undefined) clearInterval(this.timer)
+    this.timer = undefined
+    if (this.continuation !== undefined) clearImmediate(this.continuation)
+    this.continuation = undefined
+  }
+}

@@ -1,0 +1,198 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+import type { FastifyRequest } from 'fastify'
+import { InvalidOptionError } from './errors.js'
+import type { StabilizedConnection } from './connection.js'
+
+const Milliseconds = (description: string) => Type.Integer({ minimum: 0, description })
+const Count = (description: string) => Type.Integer({ minimum: 1, description })
+const RoutePath = Type.String({ pattern: '^/', minLength: 1 })
+
+/**
+ * The options schema: flat, camelCase, times in milliseconds. Every key is validated at
+ * register time; an unknown key or a bad value fails `register` with
+ * `FST_WS_STABILIZER_INVALID_OPTION` naming the option.
+ */
+export const OptionsSchema = Type.Object({
+  enableReconnect: Type.Optional(Type.Boolean({ description: 'Issue and accept reconnect tokens.' })),
+  secrets: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Reconnect-token keys, each at least 32 bytes: the first signs, all verify (rotation). Share them between instances.' })),
+  reconnectTokenTtl: Type.Optional(Type.Integer({ minimum: 1000, description: 'Lifetime of a reconnect token in ms.' })),
+  resumeWindow: Type.Optional(Milliseconds('How long the state of a session whose connection was lost is kept for its client to resume.')),
+  maxRetainedSessions: Type.Optional(Type.Integer({ minimum: 0, description: 'Sessions retained at once; past it the oldest is dropped.' })),
+  reconnectTokenRoute: Type.Optional(Type.Union([RoutePath, Type.Literal(false)], { description: 'Path of POST /reconnect-token, or false to not register it.' })),
+  tokenRequestsPerMinute: Type.Optional(Count('Reconnect-token requests per minute allowed per client id on the route.')),
+  onResume: Type.Optional(Type.Function([Type.Any(), Type.Any()], Type.Any(), { description: 'Called when a client resumes its session with a token.' })),
+  heartbeatInterval: Type.Optional(Milliseconds('Time between heartbeats; 0 turns heartbeats off.')),
+  heartbeatTimeout: Type.Optional(Milliseconds('How long a heartbeat may stay unanswered before the peer is terminated; 0 = keepalive only, never terminate.')),
+  heartbeatType: Type.Optional(Type.Union([Type.Literal('ping'), Type.Literal('custom')], { description: '\'ping\' (protocol ping frames) or \'custom\' (application messages).' })),
+  anyMessageIsAlive: Type.Optional(Type.Boolean({ description: 'Any inbound message or ping counts as an answer to the pending heartbeat.' })),
+  customPing: Type.Optional(Type.Function([Type.Number()], Type.String(), { description: 'heartbeatType \'custom\': builds the ping message from Date.now().' })),
+  isCustomPong: Type.Optional(Type.Function([Type.Any(), Type.Boolean()], Type.Boolean(), { description: 'heartbeatType \'custom\': recognises a pong among inbound messages.' })),
+  maxMemoryPerConnection: Type.Optional(Type.Integer({ minimum: 0, description: 'Bytes of user data one connection may hold; 0 = no limit.' })),
+  maxTotalMemory: Type.Optional(Type.Integer({ minimum: 0, description: 'Bytes of user data all connections may hold together; 0 = no limit. Past it, connections are evicted.' })),
+  memoryEvictionPolicy: Type.Optional(Type.Union([Type.Literal('lru'), Type.Literal('oldest'), Type.Literal('largest')], { description: 'Who is evicted past maxTotalMemory: least recently active, earliest connected, or biggest holder.' })),
+  inboundMessageRate: Type.Optional(Type.Integer({ minimum: 0, description: 'Messages per second one connection may send (token bucket holding one second); 0 = no limit.' })),
+  inboundByteRate: Type.Optional(Type.Integer({ minimum: 0, description: 'Bytes per second one connection may send (token bucket holding one second); 0 = no limit.' })),
+  rateLimitPolicy: Type.Optional(Type.Union([Type.Literal('close'), Type.Literal('drop')], { description: 'A connection over its inbound rate is closed with 1008, or its excess messages are dropped before any handler sees them.' })),
+  maxBufferedAmount: Type.Optional(Type.Integer({ minimum: 0, description: 'Outbound bytes one connection may have waiting to be sent; past it, slowConsumerPolicy applies. 0 = no limit.' })),
+  slowConsumerPolicy: Type.Optional(Type.Union([Type.Literal('disconnect'), Type.Literal('drop')], { description: 'A connection past maxBufferedAmount is closed with 4002, or gets no new message until it catches up.' })),
+  maxConnections: Type.Optional(Count('Open connections allowed at once; further upgrades get HTTP 503 with Retry-After.')),
+  maxConnectionsPerIp: Type.Optional(Type.Integer({ minimum: 0, description: 'Open connections allowed per client IP (request.ip: trustProxy applies); further upgrades get HTTP 429. 0 = no limit.' })),
+  connectRatePerIp: Type.Optional(Type.Integer({ minimum: 0, description: 'Upgrades per second allowed per client IP (token bucket holding one second); further ones get HTTP 429 with Retry-After. 0 = no limit.' })),
+  allowedOrigins: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Origins allowed to open a websocket (exact match, e.g. https://app.example.com); other origins get HTTP 403. Requests without an Origin header (non-browser clients) are allowed.' })),
+  maxMessageSize: Type.Optional(Count('Largest inbound message in bytes (`ws` maxPayload); larger ones close the socket with 1009.')),
+  compression: Type.Optional(Type.Boolean({ description: 'Negotiate permessage-deflate.' })),
+  maxConcurrentBroadcast: Type.Optional(Count('Sends a broadcast performs per event-loop turn before yielding.')),
+  maxConcurrentCleanup: Type.Optional(Count('Closes started per event-loop turn during shutdown and mass evictions.')),
+  closeTimeout: Type.Optional(Count('How long a server-initiated close waits for the peer\'s close frame before terminate().')),
+  shutdownTimeout: Type.Optional(Milliseconds('Deadline of a graceful shutdown; sockets still open then are terminated.')),
+  shutdownCloseCode: Type.Optional(Type.Union([Type.Literal(1012), Type.Literal(1001)], { description: 'Close code sent to every client at shutdown: 1012 or 1001.' })),
+  shutdownRetrySpread: Type.Optional(Milliseconds('Upper bound of the random reconnect delay hinted to each client at shutdown.')),
+  identify: Type.Optional(Type.Function([Type.Any()], Type.Any(), { description: 'Returns the client id of an upgrade request (sync or async); may throw 401/403.' })),
+  onConnect: Type.Optional(Type.Function([Type.Any()], Type.Any(), { description: 'Called after a connection is registered.' })),
+  onDisconnect: Type.Optional(Type.Function([Type.Any(), Type.Any(), Type.Any()], Type.Any(), { description: 'Called once when a connection has closed.' })),
+  statsRoute: Type.Optional(Type.Union([RoutePath, Type.Literal(false)], { description: 'Path of the stats route, or false to not register it.' })),
+  statsIncludeClientIds: Type.Optional(Type.Boolean({ description: 'List client ids in the stats route (they can be personal data).' })),
+  logLevel: Type.Optional(Type.Union([
+    Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'),
+    Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')
+  ], { description: 'Log level of the plugin\'s own logger.' }))
+}, { additionalProperties: false })
+
+type SchemaOptions = Static<typeof OptionsSchema>
+
+/** The user-facing options, with the function options typed precisely. */
+/** What `onResume` learns about a resume. */
+export interface ResumeInfo {
+  /** The session the token named (the connection continues it). */
+  sessionId: string
+  /** Whether the session's user data and groups were restored (false: the window had passed, or the session ended on purpose). */
+  stateRestored: boolean
+}
+
+export interface StabilizerOptions extends Omit<SchemaOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'customPing' | 'isCustomPong'> {
+  /** Called when a client came back with a reconnect token (after `onConnect`). Errors are logged. */
+  onResume?: (connection: StabilizedConnection, info: ResumeInfo) => void | Promise<void>
+  /** `heartbeatType: 'custom'`: the ping message. Default `{"type":"ping","ts":<Date.now()>}`. */
+  customPing?: (timestamp: number) => string
+  /**
+   * `heartbeatType: 'custom'`: whether an inbound message is a pong (it is then hidden from
+   * the route's handlers). Default: the text `pong`, or a JSON object with `"type": "pong"`.
+   */
+  isCustomPong?: (data: Buffer, isBinary: boolean) => boolean
+  /**
+   * Resolves the client id of an upgrade request before the upgrade. Sync or async. Throw an
+   * error with `statusCode` 401 or 403 to refuse. Default: the `clientId` route param when
+   * the route has one, else a random UUID.
+   */
+  identify?: (request: FastifyRequest) => string | Promise<string>
+  /** Called after a connection is registered, before the route handler runs. Errors are logged. */
+  onConnect?: (connection: StabilizedConnection) => void | Promise<void>
+  /**
+   * Called once per connection after its socket closed and its slot was freed. `code` and
+   * `reason` are those of the close (1006 and the cause name for a terminated socket).
+   */
+  onDisconnect?: (connection: StabilizedConnection, code: number, reason: string) => void | Promise<void>
+}
+
+/** Defaults of every option that has one. The README's option table mirrors this object. */
+export const defaults = {
+  enableReconnect: true,
+  reconnectTokenTtl: 300_000,
+  resumeWindow: 120_000,
+  maxRetainedSessions: 10_000,
+  reconnectTokenRoute: '/reconnect-token' as string | false,
+  tokenRequestsPerMinute: 10,
+  inboundMessageRate: 0,
+  inboundByteRate: 0,
+  rateLimitPolicy: 'close' as 'close' | 'drop',
+  maxBufferedAmount: 1_048_576,
+  slowConsumerPolicy: 'disconnect' as 'disconnect' | 'drop',
+  maxMemoryPerConnection: 0,
+  maxTotalMemory: 0,
+  memoryEvictionPolicy: 'lru' as 'lru' | 'oldest' | 'largest',
+  heartbeatInterval: 25_000,
+  heartbeatTimeout: 10_000,
+  heartbeatType: 'ping' as 'ping' | 'custom',
+  anyMessageIsAlive: true,
+  maxConnections: 10_000,
+  maxConnectionsPerIp: 0,
+  connectRatePerIp: 0,
+  maxMessageSize: 1_048_576,
+  compression: false,
+  maxConcurrentBroadcast: 1_000,
+  maxConcurrentCleanup: 1_000,
+  closeTimeout: 5_000,
+  shutdownTimeout: 10_000,
+  shutdownCloseCode: 1012 as 1012 | 1001,
+  shutdownRetrySpread: 5_000,
+  statsRoute: '/ws-stats' as string | false,
+  statsIncludeClientIds: false
+}
+
+export type ResolvedOptions = typeof defaults & Pick<StabilizerOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'logLevel' | 'allowedOrigins' | 'secrets'> & {
+  customPing: (timestamp: number) => string
+  isCustomPong: (data: Buffer, isBinary: boolean) => boolean
+}
+
+/** The default application-level ping: a small JSON message carrying a timestamp. */
+export function defaultCustomPing (timestamp: number): string {
+  return `{"type":"ping","ts":${timestamp}}`
+}
+
+/** The default pong test: the text `pong`, or a small JSON object whose type is "pong". */
+export function defaultIsCustomPong (data: Buffer, isBinary: boolean): boolean {
+  if (isBinary || data.length > 64) return false
+  const text = data.toString()
+  if (text === 'pong') return true
+  if (text.charCodeAt(0) !== 123 /* { */) return false
+  try {
+    return (JSON.parse(text) as { type?: unknown }).type === 'pong'
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Validates `input` against the schema and fills in defaults.
+ * @throws InvalidOptionError naming the first offending option.
+ */
+export function resolveOptions (input: unknown): ResolvedOptions {
+  const options = input ?? {}
+  const error = Value.Errors(OptionsSchema, options).First()
+  if (error !== undefined) {
+    const name = error.path.replace(/^\//, '').replace(/\//g, '.') || '(options)'
+    const detail = error.message === 'Unexpected property'
+      ? 'unknown option'
+      : `${error.message}${typeof error.schema.description === 'string' ? ` (${error.schema.description})` : ''}`
+    throw new InvalidOptionError(name, detail)
+  }
+  const given = Object.fromEntries(Object.entries(options as object).filter(([, value]) => value !== undefined)) as Partial<ResolvedOptions>
+  const resolved = { ...defaults, customPing: defaultCustomPing, isCustomPong: defaultIsCustomPong, ...given } as ResolvedOptions
+  if (resolved.heartbeatInterval === 0 && given.heartbeatTimeout !== undefined) {
+    throw new InvalidOptionError('heartbeatTimeout', 'has no effect when heartbeatInterval is 0 (heartbeats off)')
+  }
+  if (given.memoryEvictionPolicy !== undefined && resolved.maxTotalMemory === 0) {
+    throw new InvalidOptionError('memoryEvictionPolicy', 'has no effect without maxTotalMemory')
+  }
+  for (const [index, secret] of (resolved.secrets ?? []).entries()) {
+    if (Buffer.byteLength(secret) < 32) throw new InvalidOptionError(`secrets.${index}`, 'a secret must be at least 32 bytes (e.g. 32 random bytes, base64)')
+  }
+  if (!resolved.enableReconnect) {
+    for (const name of ['secrets', 'reconnectTokenTtl', 'resumeWindow', 'maxRetainedSessions', 'reconnectTokenRoute', 'tokenRequestsPerMinute', 'onResume'] as const) {
+      if (given[name] !== undefined) throw new InvalidOptionError(name, 'has no effect with enableReconnect: false')
+    }
+  }
+  if (given.rateLimitPolicy !== undefined && resolved.inboundMessageRate === 0 && resolved.inboundByteRate === 0) {
+    throw new InvalidOptionError('rateLimitPolicy', 'has no effect without inboundMessageRate or inboundByteRate')
+  }
+  if (given.slowConsumerPolicy !== undefined && resolved.maxBufferedAmount === 0) {
+    throw new InvalidOptionError('slowConsumerPolicy', 'has no effect with maxBufferedAmount 0')
+  }
+  if (resolved.heartbeatType !== 'custom') {
+    for (const name of ['customPing', 'isCustomPong'] as const) {
+      if (given[name] !== undefined) throw new InvalidOptionError(name, 'only applies with heartbeatType: \'custom\'')
+    }
+  }
+  return resolved
+}

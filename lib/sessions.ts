@@ -1,0 +1,106 @@
+import type { Connection, DisconnectCause } from './connection.js'
+
+/** What is kept of a session after its connection ended, for the client to resume. */
+export interface RetainedSession {
+  readonly clientId: string
+  readonly sessionId: string
+  readonly userData: Map<string, { value: unknown, size: number }> | undefined
+  readonly userDataBytes: number
+  readonly groups: readonly string[]
+  readonly expiresAt: number
+}
+
+/**
+ * Disconnects after which a client may come back to its session: losses and server-side
+ * protections it can recover from. Not retained: an end on purpose (1000 from the client,
+ * `disconnect()`), a replacement (its state moves to the replacing connection), a shutdown
+ * (nothing is kept in memory that another instance could not see), a policy close.
+ */
+export function allowsResume (cause: DisconnectCause, code: number): boolean {
+  switch (cause) {
+    case 'connection_lost':
+    case 'heartbeat_timeout':
+    case 'slow_consumer':
+    case 'message_too_big':
+    case 'handler_error':
+    case 'protocol_error':
+      return true
+    case 'client_closed':
+      return code !== 1000
+    default:
+      return false
+  }
+}
+
+/**
+ * Retained sessions, one per client id, for `resumeWindow` ms and at most `maxSessions` of
+ * them (past that the oldest goes). One unref'd timer, set for the next expiry, frees them.
+ */
+export class SessionStore {
+  private readonly sessions = new Map<string, RetainedSession>()
+  private timer: NodeJS.Timeout | undefined = undefined
+  bytes = 0
+
+  constructor (private readonly windowMs: number, private readonly maxSessions: number) {}
+
+  get size (): number {
+    return this.sessions.size
+  }
+
+  /** Keeps what a closing connection held. */
+  retain (connection: Connection, now = Date.now()): void {
+    this.drop(connection.id)
+    if (this.sessions.size >= this.maxSessions) this.drop(this.sessions.keys().next().value as string)
+    const session: RetainedSession = {
+      clientId: connection.id,
+      sessionId: connection.sessionId,
+      userData: connection.userData,
+      userDataBytes: connection.userDataBytes,
+      groups: [...connection.groups],
+      expiresAt: now + this.windowMs
+    }
+    this.sessions.set(connection.id, session)
+    this.bytes += session.userDataBytes
+    this.timer ??= this.schedule(now)
+  }
+
+  /** Takes the retained session `sessionId` of `clientId` if it is still there. */
+  take (clientId: string, sessionId: string, now = Date.now()): RetainedSession | undefined {
+    const session = this.sessions.get(clientId)
+    if (session === undefined || session.sessionId !== sessionId || session.expiresAt <= now) return undefined
+    this.drop(clientId)
+    return session
+  }
+
+  /** Frees everything (shutdown). */
+  clear (): void {
+    this.sessions.clear()
+    this.bytes = 0
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
+  }
+
+  private drop (clientId: string): void {
+    const session = this.sessions.get(clientId)
+    if (session === undefined) return
+    this.sessions.delete(clientId)
+    this.bytes -= session.userDataBytes
+  }
+
+  /** Expiry order is insertion order (one window for all): sweep from the front. */
+  private schedule (now: number): NodeJS.Timeout | undefined {
+    const first = this.sessions.values().next().value as RetainedSession | undefined
+    if (first === undefined) return undefined
+    const timer = setTimeout(() => {
+      this.timer = undefined
+      const current = Date.now()
+      for (const session of this.sessions.values()) {
+        if (session.expiresAt > current) break
+        this.drop(session.clientId)
+      }
+      this.timer = this.schedule(current)
+    }, Math.max(0, first.expiresAt - now))
+    timer.unref()
+    return timer
+  }
+}

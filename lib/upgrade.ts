@@ -1,0 +1,205 @@
+import { randomUUID } from 'node:crypto'
+import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type { WebSocket, WebSocketServer } from 'ws'
+import { CloseCode } from './close-codes.js'
+import { ConnectionLimitExceededError, InvalidTokenError, OriginNotAllowedError, ShutdownError, TooManyConnectionsError } from './errors.js'
+import type { TokenClaims } from './tokens.js'
+import type { ResolvedOptions } from './options.js'
+import { checkClientId, type Stabilizer } from './stabilizer.js'
+
+/**
+ * How the stabilizer hooks into `@fastify/websocket`:
+ * 1. a route-level `preHandler` on every stabilized websocket route admits the upgrade before
+ *    it happens (shutdown → 503, identity → 401/403/400, `maxConnections` → 503) and reserves
+ *    a slot;
+ * 2. `wss` emits 'connection' with the raw request synchronously just before the route
+ *    handler runs: the socket is registered there, so no message can arrive unseen, and this
+ *    works whichever plugin was registered first;
+ * 3. when the stabilizer registered `@fastify/websocket` itself, its `onRoute` hook runs
+ *    first and also wraps each websocket handler so a throw or rejection closes with 1011.
+ */
+
+interface Admission {
+  readonly clientId: string
+  readonly request: FastifyRequest
+  /** The IP whose per-IP slot this upgrade holds, if per-IP limits are on. */
+  readonly ip: string | undefined
+  /** The session a reconnect token asked to resume. */
+  readonly resumeSession: string | undefined
+  /** Set once the slot was converted into a connection or released. */
+  settled: boolean
+}
+
+const kAdmission = Symbol('fastify-websocket-stabilizer.admission')
+type AdmittedRequest = IncomingMessage & { [kAdmission]?: Admission }
+type AdmittedSocket = Socket & { [kAdmission]?: Admission }
+
+/** Seconds a client refused at `maxConnections` is asked to wait. */
+export const retryAfterLimitSeconds = 5
+/** Seconds a client refused during shutdown is asked to wait (another instance should take it). */
+export const retryAfterShutdownSeconds = 1
+
+/**
+ * The default identity: the route's `clientId` param; else the client id of the reconnect
+ * token presented (a route without the param resumes the token's identity); else a random id.
+ */
+export function defaultIdentify (request: FastifyRequest, tokenClientId?: string): string {
+  const clientId = (request.params as Record<string, unknown> | undefined)?.clientId
+  return typeof clientId === 'string' ? clientId : tokenClientId ?? randomUUID()
+}
+
+/** The reconnect token of an upgrade request: the `token` query parameter. */
+function tokenOf (request: FastifyRequest): string | undefined {
+  const token = (request.query as Record<string, unknown> | undefined)?.token
+  return typeof token === 'string' ? token : undefined
+}
+
+export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOptions) {
+  const { identify, enableReconnect } = options
+  const allowedOrigins = options.allowedOrigins === undefined ? undefined : new Set(options.allowedOrigins)
+  const perIpCap = options.maxConnectionsPerIp > 0
+
+  function refuseWhileDraining (reply: FastifyReply): FastifyReply {
+    stabilizer.countRejection('shuttingDown')
+    return reply.code(503).header('retry-after', retryAfterShutdownSeconds).send(new ShutdownError())
+  }
+
+  function releaseOnClose (this: AdmittedSocket): void {
+    const admission = this[kAdmission]
+    this[kAdmission] = undefined
+    if (admission !== undefined && !admission.settled) {
+      admission.settled = true
+      stabilizer.releaseSlot()
+      if (admission.ip !== undefined) stabilizer.perIp.release(admission.ip)
+    }
+  }
+
+  async function admitUpgrade (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
+    if (!request.ws) return // a plain HTTP GET on a websocket route: @fastify/websocket answers it
+    if (stabilizer.state !== 'running') return refuseWhileDraining(reply)
+    const origin = request.headers.origin
+    if (allowedOrigins !== undefined && origin !== undefined && !allowedOrigins.has(origin)) {
+      stabilizer.countRejection('origin')
+      return reply.code(403).send(new OriginNotAllowedError(JSON.stringify(origin)))
+    }
+    const ip = request.ip
+    const waitSeconds = stabilizer.perIp.takeConnect(ip, performance.now())
+    if (waitSeconds > 0) {
+      stabilizer.countRejection('connectRate')
+      return reply.code(429).header('retry-after', waitSeconds).send(new TooManyConnectionsError(`Too many connection attempts from ${ip}`))
+    }
+    let clientId: string
+    let claims: TokenClaims | undefined
+    try {
+      // A resume: the token is checked before anything else, and names the identity it resumes.
+      const token = enableReconnect ? tokenOf(request) : undefined
+      if (token !== undefined) claims = stabilizer.verifyToken(token)
+      clientId = identify === undefined ? defaultIdentify(request, claims?.cid) : await identify(request)
+      checkClientId(clientId)
+      if (claims !== undefined && claims.cid !== clientId) throw new InvalidTokenError('it was issued for another client')
+    } catch (err) {
+      stabilizer.countRejection('identity')
+      throw err
+    }
+    if (stabilizer.state !== 'running') return refuseWhileDraining(reply)
+    if (!stabilizer.hasRoomFor(clientId)) {
+      stabilizer.countRejection('connectionLimit')
+      return reply.code(503).header('retry-after', retryAfterLimitSeconds).send(new ConnectionLimitExceededError(options.maxConnections))
+    }
+    // A client coming back under its id replaces its old connection: never refused for its IP.
+    if (perIpCap && !stabilizer.isConnected(clientId) && !stabilizer.perIp.hasRoom(ip)) {
+      stabilizer.countRejection('ipLimit')
+      return reply.code(429).header('retry-after', retryAfterLimitSeconds).send(new TooManyConnectionsError(`Too many connections from ${ip}`))
+    }
+    // Redeemed last, once everything else admitted the upgrade (a token is valid once).
+    if (claims !== undefined && !await stabilizer.redeemToken(claims)) {
+      stabilizer.countRejection('identity')
+      throw new InvalidTokenError('already used')
+    }
+    const socket = request.raw.socket as AdmittedSocket | undefined
+    // The client left while identify() ran: ws will not upgrade a dead socket, and a close
+    // listener added now would never fire, so reserve nothing.
+    if (socket?.destroyed === true) return undefined
+    stabilizer.reserveSlot()
+    if (perIpCap) stabilizer.perIp.acquire(ip)
+    const admission: Admission = { clientId, request, ip: perIpCap ? ip : undefined, resumeSession: claims?.sid, settled: false }
+    ;(request.raw as AdmittedRequest)[kAdmission] = admission
+    if (socket !== undefined) {
+      // If the handshake never completes, the slot comes back when the socket closes.
+      socket[kAdmission] = admission
+      socket.once('close', releaseOnClose)
+    }
+    return undefined
+  }
+
+  /** The 'connection' listener: turns an admitted upgrade into a registered connection. */
+  function onConnection (socket: WebSocket, raw: IncomingMessage): boolean {
+    const admission = (raw as AdmittedRequest)[kAdmission]
+    if (admission === undefined || admission.settled) return false
+    admission.settled = true
+    stabilizer.releaseSlot()
+    const rawSocket = raw.socket as AdmittedSocket | undefined
+    if (rawSocket !== undefined) {
+      rawSocket[kAdmission] = undefined
+      rawSocket.removeListener('close', releaseOnClose)
+    }
+    const connection = stabilizer.attach(admission.clientId, socket, {}, rawSocket === undefined ? undefined : admission.request.ip, admission.resumeSession)
+    // The per-IP slot passes to the connection, which releases it when it closes.
+    connection.countedIp = admission.ip
+    admission.request.wsConnection = connection
+    return true
+  }
+
+  return Object.assign(admitUpgrade, { onConnection })
+}
+
+type WebsocketHandler = (this: unknown, socket: WebSocket, request: FastifyRequest) => unknown
+
+/**
+ * The `onRoute` hook: adds admission to stabilized websocket routes and, when the stabilizer
+ * owns `@fastify/websocket`, wraps every websocket handler so its failures close with 1011.
+ */
+export function createRouteHook (
+  stabilizer: Stabilizer,
+  admit: ReturnType<typeof createAdmissionHook>,
+  wrapHandlers: boolean,
+  log: FastifyBaseLogger
+) {
+  function onHandlerError (err: unknown, socket: WebSocket, request: FastifyRequest): void {
+    log.error({ err, clientId: request.wsConnection?.id, url: request.url }, 'websocket route handler failed')
+    const connection = request.wsConnection === null ? undefined : stabilizer.getConnection(request.wsConnection.id)
+    if (connection !== undefined && connection === request.wsConnection) {
+      stabilizer.closeConnection(connection as Parameters<Stabilizer['closeConnection']>[0], CloseCode.INTERNAL_ERROR, 'internal error', 'handler_error')
+    } else if (socket.readyState === socket.OPEN) {
+      socket.close(CloseCode.INTERNAL_ERROR, 'internal error')
+    }
+  }
+
+  return function onRoute (route: RouteOptions & { websocket?: boolean }): void {
+    if (route.websocket !== true) return
+    const methods = Array.isArray(route.method) ? route.method : [route.method]
+    if (methods.every((method) => method === 'HEAD')) return // never upgraded
+    if ((route.config as { stabilizer?: boolean } | undefined)?.stabilizer !== false) {
+      const existing = route.preHandler
+      route.preHandler = existing === undefined ? [admit] : [...(Array.isArray(existing) ? existing : [existing]), admit]
+    }
+    if (!wrapHandlers) return
+    const handler = route.handler as unknown as WebsocketHandler
+    const wrapped: WebsocketHandler = function (socket, request) {
+      try {
+        const result = handler.call(this, socket, request)
+        if (result instanceof Promise) result.catch((err: unknown) => onHandlerError(err, socket, request))
+      } catch (err) {
+        onHandlerError(err, socket, request)
+      }
+    }
+    route.handler = wrapped as unknown as RouteOptions['handler']
+  }
+}
+
+/** Used when the app registered `@fastify/websocket` itself, whose default preClose closes every tracked client with no code (peers see 1005). */
+export function shieldFromForeignPreClose (wss: WebSocketServer, socket: WebSocket): void {
+  wss.clients.delete(socket)
+}

@@ -1,0 +1,235 @@
+import t from 'tap'
+import { HeartbeatScheduler, HeartbeatState, pingsPerTurn, type HeartbeatHost } from '../lib/heartbeat.js'
+import type { Connection } from '../lib/connection.js'
+
+// The scheduler only reads a connection's heartbeat state and lifecycle state: plain objects
+// stand in for connections here, and time is a fake clock. Real sockets: heartbeat-*.test.ts.
+type FakeConnection = { id: string, state: 'open' | 'closing' | 'closed', heartbeat: HeartbeatState }
+
+function connections (count: number): FakeConnection[] {
+  return Array.from({ length: count }, (_, i) => ({ id: `c${i}`, state: 'open', heartbeat: new HeartbeatState() }))
+}
+
+function recordingHost (answer: (connection: FakeConnection) => void = () => {}) {
+  const pings: Array<{ id: string, at: number }> = []
+  const terminated: Array<{ id: string, at: number }> = []
+  const host: HeartbeatHost = {
+    sendPing: (connection) => {
+      pings.push({ id: connection.id, at: performance.now() })
+      answer(connection as unknown as FakeConnection)
+      return true
+    },
+    terminate: (connection) => {
+      terminated.push({ id: connection.id, at: performance.now() })
+      ;(connection as unknown as FakeConnection).state = 'closed'
+    }
+  }
+  return { host, pings, terminated }
+}
+
+const asConnection = (c: FakeConnection): Connection => c as unknown as Connection
+
+/** Advances the fake clock in small steps so intervals and immediates interleave as in real time. */
+function advance (t: { clock: { advance: (ms: number) => void } }, ms: number, step = 1): void {
+  for (let elapsed = 0; elapsed < ms; elapsed += step) t.clock.advance(step)
+}
+
+void t.test('first pings are jittered over [interval/2, interval]', async (t) => {
+  t.clock.enter()
+  const { host, pings } = recordingHost()
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host)
+  const start = performance.now()
+  for (const c of connections(1000)) scheduler.add(asConnection(c))
+  advance(t, 1000 + scheduler.tickMs, 5)
+  t.equal(pings.length, 1000, 'every connection was pinged once')
+  const offsets = pings.map((p) => p.at - start)
+  t.ok(Math.min(...offsets) >= 500, `earliest ${Math.min(...offsets)} ms`)
+  t.ok(Math.max(...offsets) <= 1000 + scheduler.tickMs, `latest ${Math.max(...offsets)} ms`)
+  const perTick = new Map<number, number>()
+  for (const offset of offsets) perTick.set(offset, (perTick.get(offset) ?? 0) + 1)
+  t.ok(perTick.size >= 10, `spread over ${perTick.size} ticks`)
+  t.ok(Math.max(...perTick.values()) < 200, 'no tick pings everyone')
+  scheduler.stop()
+})
+
+void t.test('an answered ping keeps the connection; the next ping comes an interval after the last', async (t) => {
+  t.clock.enter()
+  const [c] = connections(1)
+  const host = recordingHost((conn) => setTimeout(() => scheduler.alive(asConnection(conn), true), 30))
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 400 }, host.host)
+  scheduler.add(asConnection(c))
+  advance(t, 5000, 5)
+  t.equal(host.terminated.length, 0)
+  t.ok(host.pings.length >= 4, `${host.pings.length} pings in 5 s`)
+  const gaps = host.pings.slice(1).map((p, i) => p.at - host.pings[i].at)
+  t.ok(gaps.every((gap) => gap >= 1000 && gap <= 1000 + 2 * scheduler.tickMs), `gaps ${gaps.join(', ')}`)
+  t.equal(c.heartbeat.lastRtt, 30)
+  t.equal(c.heartbeat.smoothedRtt, 30)
+  // The first ping is jittered, so the last one may have gone out less than 30 ms before the end:
+  // only the pings whose answer is due by now must have been counted.
+  const now = performance.now()
+  const answered = host.pings.filter((p) => p.at + 30 <= now).length
+  t.match(scheduler.counters, { pingsSent: host.pings.length, pongsReceived: answered, timeouts: 0, reprieves: 0, longestTickMs: Number })
+  scheduler.stop()
+})
+
+void t.test('an unanswered ping terminates the peer after the timeout, never before', async (t) => {
+  t.clock.enter()
+  const { host, pings, terminated } = recordingHost()
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 400 }, host)
+  const [c] = connections(1)
+  scheduler.add(asConnection(c))
+  advance(t, 3000, 1)
+  t.equal(pings.length, 1, 'no second ping to a suspect')
+  t.equal(terminated.length, 1)
+  const waited = terminated[0].at - pings[0].at
+  t.ok(waited >= 400, `terminated ${waited} ms after the ping`)
+  t.ok(waited <= 400 + scheduler.tickMs + 2, 'within a tick of the deadline')
+  t.equal(scheduler.counters.timeouts, 1)
+  t.equal(scheduler.scheduled, 0)
+})
+
+void t.test('smoothed RTT follows an exponential average', async (t) => {
+  t.clock.enter()
+  const delays = [100, 20, 20]
+  const host = recordingHost((conn) => { const delay = delays.shift() ?? 20; setTimeout(() => scheduler.alive(asConnection(conn), true), delay) })
+  const scheduler = new HeartbeatScheduler({ interval: 500, timeout: 300 }, host.host)
+  const [c] = connections(1)
+  scheduler.add(asConnection(c))
+  // The first ping is jittered: drive the clock until three pings went out, then let the third answer arrive.
+  for (let guard = 0; host.pings.length < 3 && guard < 5000; guard++) t.clock.advance(1)
+  advance(t, 50, 1)
+  t.equal(host.pings.length, 3)
+  t.equal(c.heartbeat.lastRtt, 20)
+  t.equal(c.heartbeat.smoothedRtt, 100 + 0.125 * (20 - 100) + 0.125 * (20 - (100 + 0.125 * (20 - 100))))
+  scheduler.stop()
+})
+
+void t.test('proof of life without an RTT sample (any message) clears the pending ping', async (t) => {
+  t.clock.enter()
+  const host = recordingHost((conn) => setTimeout(() => scheduler.alive(asConnection(conn), false), 10))
+  const scheduler = new HeartbeatScheduler({ interval: 500, timeout: 300 }, host.host)
+  const [c] = connections(1)
+  scheduler.add(asConnection(c))
+  advance(t, 2000, 5)
+  t.equal(host.terminated.length, 0)
+  t.equal(c.heartbeat.lastRtt, undefined, 'no RTT from a message that is not a pong')
+  t.equal(scheduler.counters.pongsReceived, 0)
+  scheduler.stop()
+})
+
+void t.test('timeout 0 keeps pinging and never terminates', async (t) => {
+  t.clock.enter()
+  const { host, pings, terminated } = recordingHost()
+  const scheduler = new HeartbeatScheduler({ interval: 200, timeout: 0 }, host)
+  for (const c of connections(5)) scheduler.add(asConnection(c))
+  advance(t, 2100, 5)
+  t.equal(terminated.length, 0)
+  t.ok(pings.length >= 5 * 9, `${pings.length} pings`)
+  scheduler.stop()
+})
+
+void t.test('remove, closing sockets and stop leave nothing scheduled', async (t) => {
+  t.clock.enter()
+  const refusing: HeartbeatHost = { sendPing: () => false, terminate: () => t.fail('nobody is terminated') }
+  const scheduler = new HeartbeatScheduler({ interval: 200, timeout: 100 }, refusing)
+  const [a, b] = connections(2)
+  scheduler.add(asConnection(a))
+  scheduler.add(asConnection(b))
+  scheduler.remove(asConnection(a))
+  t.equal(scheduler.scheduled, 1)
+  advance(t, 300, 5)
+  t.equal(scheduler.scheduled, 0, 'a socket that refuses the ping (closing) leaves the wheel')
+  scheduler.add(asConnection(a))
+  scheduler.stop()
+  t.equal(scheduler.scheduled, 0)
+  scheduler.add(asConnection(b))
+  t.equal(scheduler.scheduled, 0, 'nothing is scheduled after stop')
+  advance(t, 1000, 50)
+})
+
+void t.test('a suspect that answered during the I/O phase is reprieved', async (t) => {
+  t.clock.enter()
+  let answerLate = true
+  const host = recordingHost((conn) => {
+    // The answer lands right after the deadline tick, before the verdict (two immediates later).
+    if (answerLate) setTimeout(() => setImmediate(() => scheduler.alive(asConnection(conn), true)), 300)
+    answerLate = false
+  })
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 300 }, host.host)
+  const [c] = connections(1)
+  scheduler.add(asConnection(c))
+  let guard = 0
+  while (host.pings.length === 0 && guard++ < 2000) t.clock.advance(1)
+  // Jump to the deadline in one step: the tick and the late answer fall due together.
+  t.clock.advance(300)
+  t.clock.advance(0)
+  t.clock.advance(1)
+  t.equal(host.terminated.length, 0, 'not terminated')
+  t.equal(scheduler.counters.reprieves, 1)
+  scheduler.stop()
+})
+
+void t.test('a timeout above the interval still pings answered peers every interval', async (t) => {
+  t.clock.enter()
+  const [c] = connections(1)
+  const host = recordingHost((conn) => setTimeout(() => scheduler.alive(asConnection(conn), true), 10))
+  const scheduler = new HeartbeatScheduler({ interval: 200, timeout: 1000 }, host.host)
+  scheduler.add(asConnection(c))
+  advance(t, 2000, 1)
+  const gaps = host.pings.slice(1).map((p, i) => p.at - host.pings[i].at)
+  t.ok(gaps.length >= 8, `${host.pings.length} pings`)
+  t.ok(gaps.every((gap) => gap >= 200 && gap <= 200 + scheduler.tickMs + 1), `gaps ${gaps.join(', ')}`)
+  scheduler.stop()
+})
+
+void t.test('with a timeout above the interval, silence is still detected at ping + timeout', async (t) => {
+  t.clock.enter()
+  const { host, pings, terminated } = recordingHost()
+  const scheduler = new HeartbeatScheduler({ interval: 200, timeout: 1000 }, host)
+  const [c] = connections(1)
+  scheduler.add(asConnection(c))
+  advance(t, 2000, 1)
+  t.equal(pings.length, 1, 'no new ping while one is unanswered')
+  t.equal(terminated.length, 1)
+  t.ok(terminated[0].at - pings[0].at >= 1000)
+})
+
+void t.test('a backlog (the loop was busy) is worked off at most pingsPerTurn pings per event-loop turn', async (t) => {
+  t.clock.enter()
+  const { host, pings } = recordingHost()
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host)
+  for (const c of connections(1000)) scheduler.add(asConnection(c))
+  const perTurn: number[] = []
+  const tick = scheduler.tick.bind(scheduler)
+  scheduler.tick = () => { const before = pings.length; tick(); perTurn.push(pings.length - before) }
+  // Every first ping falls due during one long stall.
+  t.clock.advance(1100)
+  for (let i = 0; i < 20 && pings.length < 1000; i++) t.clock.advance(0)
+  t.equal(pings.length, 1000, 'everyone was pinged')
+  t.ok(Math.max(...perTurn) <= pingsPerTurn, `at most ${Math.max(...perTurn)} pings in one turn`)
+  t.ok(perTurn.filter((n) => n > 0).length >= Math.ceil(1000 / pingsPerTurn), 'the backlog took several turns')
+  scheduler.stop()
+})
+
+void t.test('a verdict pending when the scheduler stops (shutdown) terminates nobody', async (t) => {
+  t.clock.enter()
+  const { host, terminated } = recordingHost()
+  const scheduler = new HeartbeatScheduler({ interval: 200, timeout: 100 }, host)
+  const [c] = connections(1)
+  scheduler.add(asConnection(c))
+  // Stop inside the tick that makes the suspect, before its verdict (two immediates later).
+  const tick = scheduler.tick.bind(scheduler)
+  let stoppedWithSuspect = false
+  scheduler.tick = () => {
+    tick()
+    if ((c.heartbeat as unknown as { phase: number }).phase === 3 /* judging */) {
+      stoppedWithSuspect = true
+      scheduler.stop()
+    }
+  }
+  advance(t, 1000, 5)
+  t.ok(stoppedWithSuspect, 'the scheduler stopped with a verdict pending')
+  t.same(terminated, [])
+  t.equal(scheduler.counters.timeouts, 0)
+})
