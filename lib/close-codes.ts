@@ -19,6 +19,8 @@ export const CloseCode = {
   MESSAGE_TOO_BIG: 1009,
   /** The route handler threw or rejected. Reconnect with backoff. */
   INTERNAL_ERROR: 1011,
+  /** The client broke the protocol (`ws` framing errors, or a malformed `stabilizer.v1` frame). Do not reconnect: the client is broken. */
+  PROTOCOL_ERROR: 1002,
   /** The client sent faster than the server's inbound rate limit. Do not reconnect in a loop. */
   POLICY_VIOLATION: 1008,
   /** The server is restarting (graceful shutdown, the default). Reconnect after the hinted delay. */
@@ -29,6 +31,8 @@ export const CloseCode = {
   MEMORY_EVICTED: 4001,
   /** Its outbound buffer passed `maxBufferedAmount` (slowConsumerPolicy 'disconnect'). Reconnect with backoff. */
   SLOW_CONSUMER: 4002,
+  /** The reconnect token offered in the subprotocol was invalid, expired or used: reconnect without it (a new session). */
+  RESUME_REJECTED: 4003,
   /** Another connection with the same client id took over this one. Do not reconnect: the two would evict each other forever. */
   REPLACED: 4500
 } as const
@@ -49,6 +53,7 @@ export const closeCodeTable: readonly CloseCodeInfo[] = [
   { code: CloseCode.NORMAL, name: 'NORMAL', reconnect: false, description: 'The session was ended on purpose (`disconnect()` default).' },
   { code: CloseCode.GOING_AWAY, name: 'GOING_AWAY', reconnect: true, description: 'Shutdown with `shutdownCloseCode: 1001`.' },
   { code: CloseCode.ABNORMAL, name: 'ABNORMAL', reconnect: true, description: 'Never sent: reported to `onDisconnect` when a socket was terminated or lost without a close frame.' },
+  { code: CloseCode.PROTOCOL_ERROR, name: 'PROTOCOL_ERROR', reconnect: false, description: 'The client broke the WebSocket protocol or sent a malformed `stabilizer.v1` frame.' },
   { code: CloseCode.POLICY_VIOLATION, name: 'POLICY_VIOLATION', reconnect: false, description: 'The client sent faster than `inboundMessageRate`/`inboundByteRate` (`rateLimitPolicy: \'close\'`).' },
   { code: CloseCode.MESSAGE_TOO_BIG, name: 'MESSAGE_TOO_BIG', reconnect: true, description: 'An inbound message exceeded `maxMessageSize`; reconnect, but do not resend it.' },
   { code: CloseCode.INTERNAL_ERROR, name: 'INTERNAL_ERROR', reconnect: true, description: 'The route handler threw or rejected.' },
@@ -56,6 +61,7 @@ export const closeCodeTable: readonly CloseCodeInfo[] = [
   { code: CloseCode.TRY_AGAIN_LATER, name: 'TRY_AGAIN_LATER', reconnect: true, description: 'A manually connected socket was refused at `maxConnections`.' },
   { code: CloseCode.MEMORY_EVICTED, name: 'MEMORY_EVICTED', reconnect: true, description: 'Evicted by `memoryEvictionPolicy` to bring user data back under `maxTotalMemory`.' },
   { code: CloseCode.SLOW_CONSUMER, name: 'SLOW_CONSUMER', reconnect: true, description: 'The outbound buffer passed `maxBufferedAmount` (`slowConsumerPolicy: \'disconnect\'`).' },
+  { code: CloseCode.RESUME_REJECTED, name: 'RESUME_REJECTED', reconnect: true, description: 'The reconnect token offered in the `stabilizer.token.*` subprotocol was invalid, expired or already used; the reason says which. Reconnect without it: a new session.' },
   { code: CloseCode.REPLACED, name: 'REPLACED', reconnect: false, description: 'A newer connection with the same client id replaced this one.' }
 ]
 

@@ -1,6 +1,7 @@
 import type { WebSocket } from 'ws'
 import { HeartbeatState } from './heartbeat.js'
 import type { InboundBudget } from './rate-limit.js'
+import type { ReplayLog } from './replay.js'
 import { randomBytes } from 'node:crypto'
 
 /** open → closing (a close was started) → closed (the socket emitted 'close'). */
@@ -50,6 +51,8 @@ export interface StabilizedConnection {
    * it proves the client holds the connection when it asks `POST /reconnect-token` for a token.
    */
   readonly connectionSecret: string
+  /** Whether the client negotiated the `stabilizer.v1` protocol (sequence numbers, replay, app-level heartbeats). */
+  readonly protocol: boolean
   /** Set once the connection starts closing. */
   readonly closeCause: DisconnectCause | undefined
   /** Round-trip time of the last answered heartbeat, in ms (undefined before the first). */
@@ -88,6 +91,8 @@ export class Connection implements StabilizedConnection {
   countedIp: string | undefined = undefined
   /** Inbound token buckets, when rate limiting is on. */
   inbound: InboundBudget | undefined = undefined
+  /** The session's outbound log (`stabilizer.v1` connections only): numbers and keeps what it is sent. */
+  replay: ReplayLog | undefined = undefined
   private groupSet: Set<string> | undefined = undefined
   private closeTimer: NodeJS.Timeout | undefined = undefined
   private closedWaiters: Array<() => void> | undefined = undefined
@@ -120,6 +125,10 @@ export class Connection implements StabilizedConnection {
   get connectionSecret (): string {
     this.secret ??= randomBytes(16).toString('base64url')
     return this.secret
+  }
+
+  get protocol (): boolean {
+    return this.replay !== undefined
   }
 
   get lastRtt (): number | undefined {

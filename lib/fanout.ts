@@ -2,6 +2,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises'
 import { WebSocket } from 'ws'
 import type { Connection } from './connection.js'
 import type { EncodedMessage } from './message.js'
+import { messageFrame, textPayload } from './protocol.js'
 
 /**
  * Honest counts of one broadcast.
@@ -10,7 +11,9 @@ import type { EncodedMessage } from './message.js'
  * - `failed`: sockets that refused the frame;
  * - `skipped`: recipients that were closing or closed by the time their turn came;
  * - `dropped`: recipients whose outbound buffer was full (`maxBufferedAmount`): not sent,
- *   and, with `slowConsumerPolicy: 'disconnect'`, closed with 4002.
+ *   and, with `slowConsumerPolicy: 'disconnect'`, closed with 4002;
+ * - `queued`: disconnected `stabilizer.v1` clients whose retained session logged the message
+ *   for replay when they resume (not counted in `total`).
  */
 export interface BroadcastResult {
   total: number
@@ -18,6 +21,38 @@ export interface BroadcastResult {
   failed: number
   skipped: number
   dropped: number
+  queued: number
+}
+
+/**
+ * One message on its way out: encoded once for plain clients and, on first need, once more
+ * as the protocol's payload for `stabilizer.v1` sessions (which frame it with their own
+ * sequence number).
+ */
+export class Outbound {
+  private payload: Buffer | undefined = undefined
+
+  constructor (readonly encoded: EncodedMessage) {}
+
+  /** The payload as the protocol carries it (a JSON string literal for text, the bytes for binary). */
+  get protocolPayload (): Buffer {
+    this.payload ??= this.encoded.binary ? this.encoded.data as Buffer : textPayload(String(this.encoded.data))
+    return this.payload
+  }
+
+  /** Bytes this message adds to a connection's outbound buffer (the protocol's frame is ~30 bytes more). */
+  sizeFor (connection: Connection): number {
+    return connection.replay === undefined ? byteLength(this.encoded) : this.protocolPayload.length + 30
+  }
+
+  /** What to write to `connection`: the plain message, or the session's next numbered frame (logged for replay). */
+  frameFor (connection: Connection): EncodedMessage {
+    const replay = connection.replay
+    if (replay === undefined) return this.encoded
+    const payload = this.protocolPayload
+    const { binary } = this.encoded
+    return { data: messageFrame(replay.append(payload, binary), payload, binary), binary }
+  }
 }
 
 /** Decides whether a message of `bytes` may be queued on a connection (the slow-consumer check). */
@@ -57,17 +92,18 @@ export function writeTo (connection: Connection, message: EncodedMessage, callba
  */
 export async function fanOut (
   recipients: Iterable<Connection>,
-  message: EncodedMessage,
+  message: Outbound,
   exclude: ReadonlySet<string> | undefined,
   perTurn: number,
-  gate: OutboundGate
+  gate: OutboundGate,
+  onSkipped?: (connection: Connection, message: Outbound) => void
 ): Promise<BroadcastResult> {
   const targets: Connection[] = []
   for (const connection of recipients) {
     if (exclude === undefined || !exclude.has(connection.id)) targets.push(connection)
   }
-  const result: BroadcastResult = { total: targets.length, sent: 0, failed: 0, skipped: 0, dropped: 0 }
-  const bytes = byteLength(message)
+  const result: BroadcastResult = { total: targets.length, sent: 0, failed: 0, skipped: 0, dropped: 0, queued: 0 }
+  const plainBytes = byteLength(message.encoded)
   let inTurn = 0
   for (const connection of targets) {
     if (inTurn === perTurn) {
@@ -76,11 +112,12 @@ export async function fanOut (
     }
     if (connection.state !== 'open' || connection.socket.readyState !== WebSocket.OPEN) {
       result.skipped++
+      onSkipped?.(connection, message)
       continue
     }
     inTurn++
-    if (!gate(connection, bytes)) result.dropped++
-    else if (writeTo(connection, message)) result.sent++
+    if (!gate(connection, connection.replay === undefined ? plainBytes : message.sizeFor(connection))) result.dropped++
+    else if (writeTo(connection, message.frameFor(connection))) result.sent++
     else result.failed++
   }
   return result

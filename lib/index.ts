@@ -8,6 +8,7 @@ import { InvalidOptionError } from './errors.js'
 import { resolveOptions, type StabilizerOptions } from './options.js'
 import { registerReconnectTokenRoute, registerStatsRoute } from './routes.js'
 import { Stabilizer } from './stabilizer.js'
+import { selectProtocol } from './protocol.js'
 import { createAdmissionHook, createRouteHook, shieldFromForeignPreClose } from './upgrade.js'
 import type { StabilizedConnection } from './connection.js'
 
@@ -54,7 +55,7 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
 
   if (ownsWebsocket) {
     await fastify.register(websocket, {
-      options: { maxPayload: options.maxMessageSize, perMessageDeflate: options.compression },
+      options: { maxPayload: options.maxMessageSize, perMessageDeflate: options.compression, handleProtocols: selectProtocol },
       // Replaces @fastify/websocket's default preClose, which closes every client with no code.
       preClose: async function (this: FastifyInstance) {
         await stabilizer.gracefulShutdown()
@@ -79,7 +80,7 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
 
   if (options.statsRoute !== false) registerStatsRoute(fastify, options.statsRoute, stabilizer)
   if (options.enableReconnect && options.reconnectTokenRoute !== false) {
-    registerReconnectTokenRoute(fastify, options.reconnectTokenRoute, stabilizer, options.identify, options.tokenRequestsPerMinute)
+    registerReconnectTokenRoute(fastify, options.reconnectTokenRoute, stabilizer, options.identify)
   }
 }
 

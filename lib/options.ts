@@ -3,6 +3,7 @@ import { Value } from '@sinclair/typebox/value'
 import type { FastifyRequest } from 'fastify'
 import { InvalidOptionError } from './errors.js'
 import type { StabilizedConnection } from './connection.js'
+import type { ReplayOutcome } from './replay.js'
 
 const Milliseconds = (description: string) => Type.Integer({ minimum: 0, description })
 const Count = (description: string) => Type.Integer({ minimum: 1, description })
@@ -19,6 +20,8 @@ export const OptionsSchema = Type.Object({
   reconnectTokenTtl: Type.Optional(Type.Integer({ minimum: 1000, description: 'Lifetime of a reconnect token in ms.' })),
   resumeWindow: Type.Optional(Milliseconds('How long the state of a session whose connection was lost is kept for its client to resume.')),
   maxRetainedSessions: Type.Optional(Type.Integer({ minimum: 0, description: 'Sessions retained at once; past it the oldest is dropped.' })),
+  replayBufferSize: Type.Optional(Type.Integer({ minimum: 0, description: 'Messages kept per `stabilizer.v1` session for replay after a resume (the most recent; acknowledged ones are freed); 0 = no replay.' })),
+  replayBufferBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'Bytes kept per `stabilizer.v1` session for replay (payloads plus 160 bytes per message); past it the oldest go.' })),
   reconnectTokenRoute: Type.Optional(Type.Union([RoutePath, Type.Literal(false)], { description: 'Path of POST /reconnect-token, or false to not register it.' })),
   tokenRequestsPerMinute: Type.Optional(Count('Reconnect-token requests per minute allowed per client id on the route.')),
   onResume: Type.Optional(Type.Function([Type.Any(), Type.Any()], Type.Any(), { description: 'Called when a client resumes its session with a token.' })),
@@ -68,6 +71,16 @@ export interface ResumeInfo {
   sessionId: string
   /** Whether the session's user data and groups were restored (false: the window had passed, or the session ended on purpose). */
   stateRestored: boolean
+  /**
+   * What the client got back of the messages it missed (`stabilizer.v1` clients that said
+   * what they last received): `full`, `partial` (`missed` messages are lost), or `none`
+   * (a plain client, or the session's log was gone).
+   */
+  replay: ReplayOutcome
+  /** Messages sent again. */
+  replayed: number
+  /** Messages the client missed and could not be sent again. */
+  missed: number
 }
 
 export interface StabilizerOptions extends Omit<SchemaOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'customPing' | 'isCustomPong'> {
@@ -101,6 +114,8 @@ export const defaults = {
   reconnectTokenTtl: 300_000,
   resumeWindow: 120_000,
   maxRetainedSessions: 10_000,
+  replayBufferSize: 1_000,
+  replayBufferBytes: 262_144,
   reconnectTokenRoute: '/reconnect-token' as string | false,
   tokenRequestsPerMinute: 10,
   inboundMessageRate: 0,
@@ -179,7 +194,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     if (Buffer.byteLength(secret) < 32) throw new InvalidOptionError(`secrets.${index}`, 'a secret must be at least 32 bytes (e.g. 32 random bytes, base64)')
   }
   if (!resolved.enableReconnect) {
-    for (const name of ['secrets', 'reconnectTokenTtl', 'resumeWindow', 'maxRetainedSessions', 'reconnectTokenRoute', 'tokenRequestsPerMinute', 'onResume'] as const) {
+    for (const name of ['secrets', 'reconnectTokenTtl', 'resumeWindow', 'maxRetainedSessions', 'replayBufferSize', 'replayBufferBytes', 'reconnectTokenRoute', 'tokenRequestsPerMinute', 'onResume'] as const) {
       if (given[name] !== undefined) throw new InvalidOptionError(name, 'has no effect with enableReconnect: false')
     }
   }

@@ -1,6 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { KeyedRateLimiter } from './admission.js'
 import { TokenRequestForbiddenError, TooManyConnectionsError } from './errors.js'
 import type { Stabilizer } from './stabilizer.js'
 
@@ -82,10 +81,8 @@ export function registerReconnectTokenRoute (
   fastify: FastifyInstance,
   path: string,
   stabilizer: Stabilizer,
-  identify: ((request: FastifyRequest) => string | Promise<string>) | undefined,
-  requestsPerMinute: number
+  identify: ((request: FastifyRequest) => string | Promise<string>) | undefined
 ): void {
-  const limiter = new KeyedRateLimiter(requestsPerMinute, 60)
   fastify.post<{ Body: Static<typeof TokenRequestSchema> }>(path, {
     schema: {
       body: TokenRequestSchema,
@@ -93,7 +90,7 @@ export function registerReconnectTokenRoute (
     }
   }, async (request, reply) => {
     const { clientId, connectionSecret } = request.body
-    const wait = limiter.take(clientId, performance.now())
+    const wait = stabilizer.takeTokenRequest(clientId)
     if (wait > 0) {
       return await reply.code(429).header('retry-after', wait).send(new TooManyConnectionsError(`Too many token requests for ${clientId}`))
     }

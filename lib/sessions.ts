@@ -1,4 +1,5 @@
 import type { Connection, DisconnectCause } from './connection.js'
+import type { ReplayLog } from './replay.js'
 
 /** What is kept of a session after its connection ended, for the client to resume. */
 export interface RetainedSession {
@@ -7,7 +8,15 @@ export interface RetainedSession {
   readonly userData: Map<string, { value: unknown, size: number }> | undefined
   readonly userDataBytes: number
   readonly groups: readonly string[]
+  /** The outbound log of a `stabilizer.v1` session: what it was sent, and what it is sent while away. */
+  readonly replay: ReplayLog | undefined
   readonly expiresAt: number
+}
+
+/** Which retained sessions a broadcast reaches. */
+export interface SessionFilter {
+  readonly group: string | undefined
+  readonly exclude: ReadonlySet<string> | undefined
 }
 
 /**
@@ -39,12 +48,19 @@ export function allowsResume (cause: DisconnectCause, code: number): boolean {
 export class SessionStore {
   private readonly sessions = new Map<string, RetainedSession>()
   private timer: NodeJS.Timeout | undefined = undefined
-  bytes = 0
+  private userDataBytes = 0
 
   constructor (private readonly windowMs: number, private readonly maxSessions: number) {}
 
   get size (): number {
     return this.sessions.size
+  }
+
+  /** Bytes held: user data plus replay logs (summed on demand: logs also grow through their connections' late messages). */
+  get bytes (): number {
+    let bytes = this.userDataBytes
+    for (const session of this.sessions.values()) bytes += session.replay?.bytes ?? 0
+    return bytes
   }
 
   /** Keeps what a closing connection held. */
@@ -57,10 +73,11 @@ export class SessionStore {
       userData: connection.userData,
       userDataBytes: connection.userDataBytes,
       groups: [...connection.groups],
+      replay: connection.replay,
       expiresAt: now + this.windowMs
     }
     this.sessions.set(connection.id, session)
-    this.bytes += session.userDataBytes
+    this.userDataBytes += session.userDataBytes
     this.timer ??= this.schedule(now)
   }
 
@@ -72,10 +89,39 @@ export class SessionStore {
     return session
   }
 
+  /**
+   * Logs a message for the client's retained `stabilizer.v1` session, to be replayed when it
+   * resumes. @returns false when the client has no such session.
+   */
+  queue (clientId: string, payload: Buffer, binary: boolean): boolean {
+    const replay = this.sessions.get(clientId)?.replay
+    if (replay === undefined) return false
+    replay.append(payload, binary)
+    return true
+  }
+
+  /** Logs a message into `replay` if it is still the log of the client's retained session. */
+  queueTo (clientId: string, replay: ReplayLog, payload: Buffer, binary: boolean): void {
+    if (this.sessions.get(clientId)?.replay === replay) replay.append(payload, binary)
+  }
+
+  /** Logs a broadcast for every retained `stabilizer.v1` session it reaches. @returns how many. */
+  queueBroadcast (filter: SessionFilter, payload: Buffer, binary: boolean): number {
+    let queued = 0
+    for (const session of this.sessions.values()) {
+      if (session.replay === undefined) continue
+      if (filter.exclude?.has(session.clientId) === true) continue
+      if (filter.group !== undefined && !session.groups.includes(filter.group)) continue
+      session.replay.append(payload, binary)
+      queued++
+    }
+    return queued
+  }
+
   /** Frees everything (shutdown). */
   clear (): void {
     this.sessions.clear()
-    this.bytes = 0
+    this.userDataBytes = 0
     if (this.timer !== undefined) clearTimeout(this.timer)
     this.timer = undefined
   }
@@ -84,7 +130,7 @@ export class SessionStore {
     const session = this.sessions.get(clientId)
     if (session === undefined) return
     this.sessions.delete(clientId)
-    this.bytes -= session.userDataBytes
+    this.userDataBytes -= session.userDataBytes
   }
 
   /** Expiry order is insertion order (one window for all): sweep from the front. */

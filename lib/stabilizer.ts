@@ -13,7 +13,7 @@ import {
   ShutdownError,
   WebSocketStabilizerError
 } from './errors.js'
-import { byteLength, fanOut, transportDestroyed, writeTo, type BroadcastResult, type OutboundGate } from './fanout.js'
+import { fanOut, Outbound, transportDestroyed, writeTo, type BroadcastResult, type OutboundGate } from './fanout.js'
 import { HeartbeatScheduler, type HeartbeatCounters } from './heartbeat.js'
 import { encodeMessage, type OutboundMessage } from './message.js'
 import type { ResolvedOptions } from './options.js'
@@ -21,13 +21,23 @@ import { Registry } from './registry.js'
 import { drain, type LifecycleState, type ShutdownReport } from './shutdown.js'
 import { pickVictims } from './memory.js'
 import { InboundBudget, inboundSize } from './rate-limit.js'
-import { PerIpAdmission } from './admission.js'
+import { KeyedRateLimiter, PerIpAdmission } from './admission.js'
 import { MemoryAdapter, type StabilizerAdapter } from './adapter.js'
 import { TokenSigner, type TokenClaims } from './tokens.js'
 import { SessionStore, allowsResume } from './sessions.js'
 import { paced } from './paced.js'
 import { Counters, mapToRecord, type RejectionReason } from './stats.js'
+import { ReplayLog } from './replay.js'
+import { messageFrame, parseClientFrame, pingFrame, subprotocol, type ResumeReport, type Welcome } from './protocol.js'
+import type { ReplayPlan } from './replay.js'
+import type { ResumeInfo } from './options.js'
 
+/** What an upgrade that presented a reconnect token asks to resume. */
+export interface ResumeRequest {
+  readonly sessionId: string
+  /** The last sequence number the client received (`stabilizer.v1` clients), if it said. */
+  readonly lastSeq: number | undefined
+}
 export interface BroadcastOptions {
   /** Client id(s) that must not receive the message. */
   exclude?: string | readonly string[]
@@ -114,6 +124,8 @@ export class Stabilizer {
   private readonly tokens: TokenSigner
   private readonly adapter: StabilizerAdapter
   private readonly sessions: SessionStore
+  /** Reconnect-token requests per client id, over REST and in-band. */
+  private readonly tokenRequests: KeyedRateLimiter
   private readonly counters = new Counters()
   private lifecycle: LifecycleState = 'running'
   private shutdownRun: Promise<ShutdownReport> | undefined
@@ -128,6 +140,8 @@ export class Stabilizer {
   private readonly onSocketPing: (this: TrackedSocket) => void
   /** Takes custom pongs and over-the-rate messages out before any 'message' listener; undefined when neither applies. */
   private readonly interceptMessages: ((this: TrackedSocket, event: string | symbol, ...args: unknown[]) => boolean) | undefined
+  /** The emit of `stabilizer.v1` sockets: control frames are handled here, app messages are unwrapped. */
+  private readonly interceptProtocol: (this: TrackedSocket, event: string | symbol, ...args: unknown[]) => boolean
   private readonly rateLimited: boolean
   /** Undefined when `heartbeatInterval` is 0. */
   private readonly heartbeat: HeartbeatScheduler | undefined
@@ -142,6 +156,7 @@ export class Stabilizer {
     this.tokens = new TokenSigner(options.secrets ?? [TokenSigner.randomSecret()])
     this.adapter = new MemoryAdapter()
     this.sessions = new SessionStore(options.resumeWindow, options.maxRetainedSessions)
+    this.tokenRequests = new KeyedRateLimiter(options.tokenRequestsPerMinute, 60)
     const self = this
     const { heartbeatInterval, heartbeatTimeout, anyMessageIsAlive, isCustomPong, inboundMessageRate, inboundByteRate } = options
     this.rateLimited = inboundMessageRate > 0 || inboundByteRate > 0
@@ -205,6 +220,51 @@ export class Stabilizer {
         }
         return emit.call(this, event, ...args)
       }
+    this.interceptProtocol = function (event, ...args) {
+      if (event !== 'message') return emit.call(this, event, ...args)
+      const connection = this[kConnection]
+      if (connection === undefined) return emit.call(this, event, ...args)
+      if (connection.inbound !== undefined && !self.admitInbound(connection, inboundSize(args[0]))) return true
+      if (args[1] === true) return emit.call(this, event, ...args) // binary: the app's bytes as they are
+      const frame = parseClientFrame(messageText(args[0]))
+      if (frame?.t === 'm') return emit.call(this, event, Buffer.from(frame.d), false)
+      connection.lastActivityAt = Date.now()
+      self.protocolControl(connection, frame)
+      return true
+    }
+  }
+
+  /** A control frame of a `stabilizer.v1` client (undefined: malformed, closed with 1002). */
+  private protocolControl (connection: Connection, frame: ReturnType<typeof parseClientFrame>): void {
+    switch (frame?.t) {
+      case 'pong':
+        this.heartbeat?.alive(connection, true)
+        return
+      case 'ack':
+        connection.replay?.acknowledge(frame.s)
+        this.heartbeat?.alive(connection, false)
+        return
+      case 'token':
+        this.sendTokenInBand(connection)
+        return
+      case 'unknown':
+        return // a newer client's frame: ignored
+      default:
+        this.log.debug({ clientId: connection.id }, 'websocket protocol error: malformed stabilizer.v1 frame')
+        this.closeConnection(connection, CloseCode.PROTOCOL_ERROR, 'malformed stabilizer.v1 frame', 'protocol_error')
+    }
+  }
+
+  private sendTokenInBand (connection: Connection): void {
+    let reply: string
+    const wait = this.options.enableReconnect ? this.takeTokenRequest(connection.id) : -1
+    if (wait === 0) {
+      const { token, expiresAt } = this.issueToken(connection.id)
+      reply = JSON.stringify({ t: 'token', token, expiresAt })
+    } else {
+      reply = JSON.stringify({ t: 'token', token: null, retryAfter: wait < 0 ? null : wait })
+    }
+    connection.socket.send(reply)
   }
 
   /** 'running', then 'draining' once a shutdown began, then 'closed'. */
@@ -256,12 +316,16 @@ export class Stabilizer {
    */
   async sendToClient (clientId: string, message: OutboundMessage): Promise<boolean> {
     const connection = this.registry.get(clientId)
-    if (connection === undefined) return false
-    const encoded = encodeMessage(message)
-    if (!this.outboundGate(connection, byteLength(encoded))) return false
+    const outbound = new Outbound(encodeMessage(message))
+    if (connection === undefined) {
+      // A disconnected `stabilizer.v1` client whose session is retained gets it on resume.
+      this.sessions.queue(clientId, outbound.protocolPayload, outbound.encoded.binary)
+      return false
+    }
+    if (!this.outboundGate(connection, outbound.sizeFor(connection))) return false
     return await new Promise<boolean>((resolve) => {
       const written = (err?: Error): void => resolve(err == null && !transportDestroyed(connection.socket))
-      if (!writeTo(connection, encoded, written)) resolve(false)
+      if (!writeTo(connection, outbound.frameFor(connection), written)) resolve(false)
     })
   }
 
@@ -277,11 +341,17 @@ export class Stabilizer {
     } catch (err) {
       throw new BroadcastFailedError((err as Error).message, { cause: err })
     }
-    const recipients = options.group === undefined ? this.registry.connections() : this.registry.members(options.group)
-    if (recipients === undefined) return { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0 }
-    const { exclude } = options
+    const { exclude, group } = options
     const excluded = exclude === undefined ? undefined : new Set(typeof exclude === 'string' ? [exclude] : exclude)
-    return await fanOut(recipients, encoded, excluded, this.options.maxConcurrentBroadcast, this.outboundGate)
+    const outbound = new Outbound(encoded)
+    // Retained sessions first: a client resuming during the fan-out has its log moved to its new connection.
+    const queued = this.sessions.size === 0 ? 0 : this.sessions.queueBroadcast({ group, exclude: excluded }, outbound.protocolPayload, encoded.binary)
+    const recipients = group === undefined ? this.registry.connections() : this.registry.members(group)
+    const result = recipients === undefined
+      ? { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0, queued: 0 }
+      : await fanOut(recipients, outbound, excluded, this.options.maxConcurrentBroadcast, this.outboundGate, this.logMissed)
+    result.queued = queued
+    return result
   }
 
   /** Adds the client to `group`. @returns false if the client is not connected or already a member. */
@@ -330,6 +400,11 @@ export class Stabilizer {
     if (connection === undefined) throw new ConnectionNotFoundError(clientId)
     const { token, claims } = this.tokens.sign(clientId, connection.sessionId, this.options.reconnectTokenTtl)
     return { token, expiresAt: claims.exp }
+  }
+
+  /** @internal Takes one reconnect-token request of the client's budget: 0, or the seconds to wait. */
+  takeTokenRequest (clientId: string): number {
+    return this.tokenRequests.take(clientId, performance.now())
   }
 
   /** @internal Verifies a token without redeeming it (throws the two token errors). */
@@ -522,8 +597,9 @@ export class Stabilizer {
   }
 
   /** @internal Registers an admitted socket (no limit check: its slot was reserved). */
-  attach (clientId: string, socket: WebSocket, metadata: Record<string, unknown>, remoteAddress: string | undefined, resumeSession?: string): Connection {
+  attach (clientId: string, socket: WebSocket, metadata: Record<string, unknown>, remoteAddress: string | undefined, resumeRequest?: ResumeRequest): Connection {
     const connection = new Connection(clientId, socket, metadata, remoteAddress, Date.now())
+    if (socket.protocol === subprotocol) connection.replay = this.newReplayLog()
     const tracked = socket as TrackedSocket
     tracked[kConnection] = connection
     tracked.on('close', this.onSocketClose)
@@ -534,7 +610,8 @@ export class Stabilizer {
       if (this.options.anyMessageIsAlive) tracked.on('ping', this.onSocketPing)
     }
     if (this.rateLimited) connection.inbound = new InboundBudget(this.options.inboundMessageRate, this.options.inboundByteRate, performance.now())
-    if (this.interceptMessages !== undefined) tracked.emit = this.interceptMessages
+    if (connection.protocol) tracked.emit = this.interceptProtocol
+    else if (this.interceptMessages !== undefined) tracked.emit = this.interceptMessages
     this.counters.opened++
     const replaced = this.registry.add(connection)
     if (replaced !== undefined) {
@@ -542,13 +619,17 @@ export class Stabilizer {
     }
     this.log.debug({ clientId, replaced: replaced !== undefined }, 'websocket connected')
     this.heartbeat?.add(connection)
-    const resumed = resumeSession === undefined ? undefined : this.resume(connection, resumeSession, replaced)
+    const resumed = resumeRequest === undefined ? undefined : this.resume(connection, resumeRequest, replaced)
+    if (connection.protocol) this.welcome(connection, resumed)
     if (this.lifecycle !== 'running') {
       // A shutdown began while this upgrade was in flight: it would never be drained.
       this.closeConnection(connection, this.options.shutdownCloseCode, 'server shutting down', 'shutdown')
     } else {
       if (this.options.onConnect !== undefined) this.runHook('onConnect', () => this.options.onConnect?.(connection))
-      if (resumed !== undefined && this.options.onResume !== undefined) this.runHook('onResume', () => this.options.onResume?.(connection, resumed))
+      if (resumed !== undefined && this.options.onResume !== undefined) {
+        const info: ResumeInfo = { sessionId: resumed.sessionId, stateRestored: resumed.stateRestored, replay: resumed.outcome, replayed: resumed.replayed, missed: resumed.missed }
+        this.runHook('onResume', () => this.options.onResume?.(connection, info))
+      }
     }
     return connection
   }
@@ -646,7 +727,8 @@ export class Stabilizer {
   private sendHeartbeat (connection: Connection): boolean {
     if (connection.state !== 'open' || connection.socket.readyState !== WebSocket.OPEN) return false
     try {
-      if (this.options.heartbeatType === 'ping') connection.socket.ping()
+      if (connection.protocol) connection.socket.send(pingFrame(Date.now()))
+      else if (this.options.heartbeatType === 'ping') connection.socket.ping()
       else connection.socket.send(this.options.customPing(Date.now()))
       return true
     } catch (err) {
@@ -692,13 +774,16 @@ export class Stabilizer {
    * connection it replaces (a resume while the old socket is still open) or from the retained
    * sessions; when neither has it (the window passed), the identity alone is resumed.
    */
-  private resume (connection: Connection, sessionId: string, replaced: Connection | undefined): { sessionId: string, stateRestored: boolean } {
+  private resume (connection: Connection, request: ResumeRequest, replaced: Connection | undefined): ResumeReport & { sessionId: string, plan: ReplayPlan | undefined } {
+    const { sessionId } = request
     connection.continueSession(sessionId)
-    let state: { userData: Connection['userData'], userDataBytes: number, groups: readonly string[] } | undefined
+    let state: { userData: Connection['userData'], userDataBytes: number, groups: readonly string[], replay: ReplayLog | undefined } | undefined
     if (replaced !== undefined && replaced.hasSession && replaced.sessionId === sessionId) {
-      state = { userData: replaced.userData, userDataBytes: replaced.userDataBytes, groups: [...replaced.groups] }
+      state = { userData: replaced.userData, userDataBytes: replaced.userDataBytes, groups: [...replaced.groups], replay: replaced.replay }
       this.adjustUserData(replaced, -replaced.userDataBytes)
       replaced.userData = undefined
+      // The log moves: nothing more may be numbered on the old socket.
+      replaced.replay = undefined
     } else {
       state = this.sessions.take(connection.id, sessionId)
     }
@@ -707,8 +792,60 @@ export class Stabilizer {
       this.adjustUserData(connection, state.userDataBytes)
       for (const group of state.groups) this.registry.join(connection, group)
     }
-    this.log.debug({ clientId: connection.id, stateRestored: state !== undefined }, 'websocket session resumed')
-    return { sessionId, stateRestored: state !== undefined }
+    // A protocol client continues its session's numbering when the log is there; a plain one gets no replay.
+    let plan: ReplayPlan | undefined
+    if (connection.protocol && state?.replay !== undefined) {
+      connection.replay = state.replay
+      plan = state.replay.plan(request.lastSeq)
+    }
+    const report = { sessionId, plan, stateRestored: state !== undefined, outcome: plan?.outcome ?? 'none', replayed: plan?.messages.length ?? 0, missed: plan?.missed ?? 0 } as const
+    this.log.debug({ clientId: connection.id, stateRestored: report.stateRestored, replay: report.outcome, replayed: report.replayed, missed: report.missed }, 'websocket session resumed')
+    return report
+  }
+
+  /**
+   * The first frame on a `stabilizer.v1` connection, followed by the replayed messages in
+   * order. The replay goes out in one turn: it is bounded by `replayBufferSize`/`replayBufferBytes`.
+   */
+  private welcome (connection: Connection, resumed: (ResumeReport & { plan: ReplayPlan | undefined }) | undefined): void {
+    const issued = this.options.enableReconnect ? this.issueToken(connection.id) : undefined
+    const plan = resumed?.plan
+    const welcome: Welcome = {
+      t: 'welcome',
+      v: 1,
+      clientId: connection.id,
+      sessionId: connection.sessionId,
+      secret: connection.connectionSecret,
+      token: issued?.token ?? null,
+      tokenExpiresAt: issued?.expiresAt ?? null,
+      heartbeat: { interval: this.options.heartbeatInterval, timeout: this.options.heartbeatTimeout },
+      seq: plan?.from ?? connection.replay!.lastSeq,
+      resume: resumed === undefined ? null : { outcome: resumed.outcome, stateRestored: resumed.stateRestored, replayed: resumed.replayed, missed: resumed.missed }
+    }
+    const { socket } = connection
+    socket.send(JSON.stringify(welcome))
+    if (plan !== undefined) {
+      for (const message of plan.messages) socket.send(messageFrame(message.seq, message.payload, message.binary), { binary: message.binary })
+    }
+  }
+
+  private newReplayLog (): ReplayLog {
+    return this.options.enableReconnect ? new ReplayLog(this.options.replayBufferSize, this.options.replayBufferBytes) : new ReplayLog(0, 0)
+  }
+
+  /**
+   * A `stabilizer.v1` recipient that was closing or closed when a broadcast reached it: the
+   * message is numbered into its log without being sent, so a resume replays it. A closing
+   * socket will send nothing more, so the client sees no gap; a closed one is logged only while
+   * its session is retained (afterwards the log belongs to its next connection).
+   */
+  private readonly logMissed = (connection: Connection, message: Outbound): void => {
+    if (connection.replay === undefined) return
+    if (connection.state === 'closing' && connection.closeCause !== 'replaced') {
+      connection.replay.append(message.protocolPayload, message.encoded.binary)
+    } else if (connection.state === 'closed') {
+      this.sessions.queueTo(connection.id, connection.replay, message.protocolPayload, message.encoded.binary)
+    }
   }
 
   private adjustUserData (connection: Connection, delta: number): void {
@@ -738,6 +875,14 @@ const wsErrorCloseCodes: Record<string, number> = {
 function protocolErrorCloseCode (err: Error & { code?: string }): number | undefined {
   if (typeof err.code !== 'string' || !err.code.startsWith('WS_ERR_')) return undefined
   return wsErrorCloseCodes[err.code] ?? 1002
+}
+
+/** The text of an inbound text message as `ws` delivers it (a Buffer unless the app changed binaryType). */
+function messageText (data: unknown): string {
+  if (Buffer.isBuffer(data)) return data.toString()
+  if (Array.isArray(data)) return Buffer.concat(data as Buffer[]).toString()
+  if (data instanceof ArrayBuffer) return Buffer.from(data).toString()
+  return String(data)
 }
 
 /** @throws InvalidClientIdError unless `clientId` is a non-empty string of at most 256 characters. */

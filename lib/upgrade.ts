@@ -4,10 +4,11 @@ import type { Socket } from 'node:net'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { WebSocket, WebSocketServer } from 'ws'
 import { CloseCode } from './close-codes.js'
-import { ConnectionLimitExceededError, InvalidTokenError, OriginNotAllowedError, ShutdownError, TooManyConnectionsError } from './errors.js'
+import { ConnectionLimitExceededError, InvalidTokenError, OriginNotAllowedError, ShutdownError, TokenExpiredError, TooManyConnectionsError } from './errors.js'
+import { parseSeq, readOffer } from './protocol.js'
 import type { TokenClaims } from './tokens.js'
 import type { ResolvedOptions } from './options.js'
-import { checkClientId, type Stabilizer } from './stabilizer.js'
+import { checkClientId, type ResumeRequest, type Stabilizer } from './stabilizer.js'
 
 /**
  * How the stabilizer hooks into `@fastify/websocket`:
@@ -26,14 +27,25 @@ interface Admission {
   readonly request: FastifyRequest
   /** The IP whose per-IP slot this upgrade holds, if per-IP limits are on. */
   readonly ip: string | undefined
-  /** The session a reconnect token asked to resume. */
-  readonly resumeSession: string | undefined
+  /** What a reconnect token asked to resume. */
+  readonly resume: ResumeRequest | undefined
   /** Set once the slot was converted into a connection or released. */
   settled: boolean
 }
 
+/**
+ * A reconnect token offered in the subprotocol (`stabilizer.token.*`) that failed: the upgrade
+ * goes ahead so that the client, which cannot read an HTTP status from a browser, learns why
+ * from the close code (4003) and reason. Nothing is registered and the route handler never runs.
+ */
+interface InBandRefusal {
+  readonly refused: string
+}
+
+const kRefusal = Symbol('fastify-websocket-stabilizer.refusal')
+
 const kAdmission = Symbol('fastify-websocket-stabilizer.admission')
-type AdmittedRequest = IncomingMessage & { [kAdmission]?: Admission }
+type AdmittedRequest = IncomingMessage & { [kAdmission]?: Admission, [kRefusal]?: InBandRefusal }
 type AdmittedSocket = Socket & { [kAdmission]?: Admission }
 
 /** Seconds a client refused at `maxConnections` is asked to wait. */
@@ -50,10 +62,23 @@ export function defaultIdentify (request: FastifyRequest, tokenClientId?: string
   return typeof clientId === 'string' ? clientId : tokenClientId ?? randomUUID()
 }
 
-/** The reconnect token of an upgrade request: the `token` query parameter. */
-function tokenOf (request: FastifyRequest): string | undefined {
-  const token = (request.query as Record<string, unknown> | undefined)?.token
-  return typeof token === 'string' ? token : undefined
+/**
+ * The resume an upgrade request asks for: a token in the `token` query parameter or offered
+ * as the subprotocol `stabilizer.token.<token>`, and the last sequence number the client
+ * received (`lastSeq` query parameter or `stabilizer.last.<n>`).
+ */
+function resumeOffer (request: FastifyRequest): { token: string | undefined, inBand: boolean, lastSeq: number | undefined } {
+  const query = request.query as Record<string, unknown> | undefined
+  const offer = readOffer(request.headers['sec-websocket-protocol'])
+  const queryToken = typeof query?.token === 'string' ? query.token : undefined
+  const lastSeq = offer.lastSeq ?? (typeof query?.lastSeq === 'string' ? parseSeq(query.lastSeq) : undefined)
+  if (queryToken !== undefined) return { token: queryToken, inBand: false, lastSeq }
+  return { token: offer.offered ? offer.token : undefined, inBand: true, lastSeq }
+}
+
+/** Whether a request was refused in-band (its handler must not run). */
+export function refusedInBand (request: FastifyRequest): boolean {
+  return (request.raw as AdmittedRequest)[kRefusal] !== undefined
 }
 
 export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOptions) {
@@ -92,15 +117,16 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     }
     let clientId: string
     let claims: TokenClaims | undefined
+    const offer = enableReconnect ? resumeOffer(request) : undefined
     try {
       // A resume: the token is checked before anything else, and names the identity it resumes.
-      const token = enableReconnect ? tokenOf(request) : undefined
-      if (token !== undefined) claims = stabilizer.verifyToken(token)
+      if (offer?.token !== undefined) claims = stabilizer.verifyToken(offer.token)
       clientId = identify === undefined ? defaultIdentify(request, claims?.cid) : await identify(request)
       checkClientId(clientId)
       if (claims !== undefined && claims.cid !== clientId) throw new InvalidTokenError('it was issued for another client')
     } catch (err) {
       stabilizer.countRejection('identity')
+      if (offer?.inBand === true && isTokenError(err)) return refuseInBand(request, err)
       throw err
     }
     if (stabilizer.state !== 'running') return refuseWhileDraining(reply)
@@ -116,7 +142,9 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     // Redeemed last, once everything else admitted the upgrade (a token is valid once).
     if (claims !== undefined && !await stabilizer.redeemToken(claims)) {
       stabilizer.countRejection('identity')
-      throw new InvalidTokenError('already used')
+      const used = new InvalidTokenError('already used')
+      if (offer?.inBand === true) return refuseInBand(request, used)
+      throw used
     }
     const socket = request.raw.socket as AdmittedSocket | undefined
     // The client left while identify() ran: ws will not upgrade a dead socket, and a close
@@ -124,7 +152,8 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     if (socket?.destroyed === true) return undefined
     stabilizer.reserveSlot()
     if (perIpCap) stabilizer.perIp.acquire(ip)
-    const admission: Admission = { clientId, request, ip: perIpCap ? ip : undefined, resumeSession: claims?.sid, settled: false }
+    const resume = claims === undefined ? undefined : { sessionId: claims.sid, lastSeq: offer?.lastSeq }
+    const admission: Admission = { clientId, request, ip: perIpCap ? ip : undefined, resume, settled: false }
     ;(request.raw as AdmittedRequest)[kAdmission] = admission
     if (socket !== undefined) {
       // If the handshake never completes, the slot comes back when the socket closes.
@@ -136,6 +165,11 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
 
   /** The 'connection' listener: turns an admitted upgrade into a registered connection. */
   function onConnection (socket: WebSocket, raw: IncomingMessage): boolean {
+    const refusal = (raw as AdmittedRequest)[kRefusal]
+    if (refusal !== undefined) {
+      socket.close(CloseCode.RESUME_REJECTED, refusal.refused)
+      return false
+    }
     const admission = (raw as AdmittedRequest)[kAdmission]
     if (admission === undefined || admission.settled) return false
     admission.settled = true
@@ -145,7 +179,7 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
       rawSocket[kAdmission] = undefined
       rawSocket.removeListener('close', releaseOnClose)
     }
-    const connection = stabilizer.attach(admission.clientId, socket, {}, rawSocket === undefined ? undefined : admission.request.ip, admission.resumeSession)
+    const connection = stabilizer.attach(admission.clientId, socket, {}, rawSocket === undefined ? undefined : admission.request.ip, admission.resume)
     // The per-IP slot passes to the connection, which releases it when it closes.
     connection.countedIp = admission.ip
     admission.request.wsConnection = connection
@@ -153,6 +187,16 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
   }
 
   return Object.assign(admitUpgrade, { onConnection })
+}
+
+function isTokenError (err: unknown): err is Error {
+  return err instanceof InvalidTokenError || err instanceof TokenExpiredError
+}
+
+function refuseInBand (request: FastifyRequest, err: Error): undefined {
+  // The reason (a close reason holds at most 123 bytes) says which failure it was: expired, invalid, already used.
+  ;(request.raw as AdmittedRequest)[kRefusal] = { refused: Buffer.from(err.message).subarray(0, 120).toString() }
+  return undefined
 }
 
 type WebsocketHandler = (this: unknown, socket: WebSocket, request: FastifyRequest) => unknown
@@ -188,6 +232,7 @@ export function createRouteHook (
     if (!wrapHandlers) return
     const handler = route.handler as unknown as WebsocketHandler
     const wrapped: WebsocketHandler = function (socket, request) {
+      if (refusedInBand(request)) return
       try {
         const result = handler.call(this, socket, request)
         if (result instanceof Promise) result.catch((err: unknown) => onHandlerError(err, socket, request))
