@@ -1,18 +1,22 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { readFile } from 'node:fs/promises'
 import stabilizer, { type StabilizerOptions } from '../lib/index.js'
+import { bundleClient } from './client-bundle.js'
 
 const page = new URL('./public/index.html', import.meta.url)
 
 /**
  * A small chat server: every message a client sends is broadcast to everyone as
- * `{ from, text }`; `/join <room>` and `/say <room> <text>` use groups.
+ * `{ from, text }`; `/join <room>` and `/say <room> <text>` use groups. The page at `/` talks
+ * to it through the client library (`/client.js`): reconnect, resume with replay, offline queue.
  */
 export async function buildChatApp (options: StabilizerOptions = {}, fastifyOptions: FastifyServerOptions = { logger: true }): Promise<FastifyInstance> {
   const app = Fastify(fastifyOptions)
   await app.register(stabilizer, { shutdownTimeout: 5_000, ...options })
 
   app.get('/', async (_request, reply) => reply.type('text/html').send(await readFile(page)))
+  const client = await bundleClient()
+  app.get('/client.js', async (_request, reply) => reply.type('text/javascript').send(client))
 
   app.get<{ Params: { clientId: string } }>('/ws/:clientId', { websocket: true }, (socket, request) => {
     const from = request.params.clientId

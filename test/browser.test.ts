@@ -1,0 +1,135 @@
+import t from 'tap'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { existsSync } from 'node:fs'
+import net from 'node:net'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { chromium, type Browser, type Page } from 'playwright-core'
+import { killProcess } from './fixtures/processes.js'
+
+// The example's page, in headless Chromium, against the example app in its own process.
+const chromiumPath = '/usr/bin/chromium'
+const serverScript = fileURLToPath(new URL('./fixtures/browser-server.ts', import.meta.url))
+
+interface ServerProcess { child: ChildProcess, port: number, lines: AsyncIterator<string> }
+
+async function startServer (env: Record<string, string>): Promise<ServerProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', serverScript], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+  const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
+  const first = await lines.next()
+  if (first.done === true) throw new Error('the server process exited before listening')
+  return { child, port: (JSON.parse(first.value as string) as { port: number }).port, lines }
+}
+
+async function stopGracefully (server: ServerProcess): Promise<number> {
+  server.child.kill('SIGTERM')
+  const line = await server.lines.next()
+  await once(server.child, 'close')
+  return (JSON.parse(line.value as string) as { sent: number }).sent
+}
+
+interface Tick { type: 'tick', run: string, n: number }
+interface PageEvent { type: string, code?: number, reason?: string, outcome?: string, stateRestored?: boolean, at: number }
+
+const ticksOf = async (page: Page): Promise<Tick[]> => (await page.evaluate('window.chatLog') as string[]).map((data) => JSON.parse(data) as Tick).filter((m) => m.type === 'tick')
+const eventsOf = async (page: Page): Promise<PageEvent[]> => await page.evaluate('window.chatEvents') as PageEvent[]
+
+async function until (condition: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const start = Date.now()
+  while (!await condition()) {
+    if (Date.now() - start > timeoutMs) throw new Error('timed out')
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+if (!existsSync(chromiumPath)) {
+  t.fail(`${chromiumPath} is missing: apt-get install chromium (.ci/run does)`)
+} else {
+  let browser: Browser
+  t.before(async () => {
+    browser = await chromium.launch({ executablePath: chromiumPath, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] })
+  })
+  t.teardown(async () => await browser.close())
+
+  void t.test('(a) a graceful restart (1012): the page reconnects and resumes; nothing lost, nothing twice', async (t) => {
+    const first = await startServer({ RUN: '1' })
+    t.teardown(async () => await killProcess(first.child))
+    const page = await browser.newPage()
+    await page.goto(`http://127.0.0.1:${first.port}/?id=ada`)
+    await until(async () => (await ticksOf(page)).length >= 20)
+    const sent = await stopGracefully(first)
+    const second = await startServer({ RUN: '2', PORT: String(first.port) })
+    t.teardown(async () => await killProcess(second.child))
+    await until(async () => (await ticksOf(page)).filter((m) => m.run === '2').length >= 20)
+    const ticks = await ticksOf(page)
+    const run1 = ticks.filter((m) => m.run === '1').map((m) => m.n)
+    const run2 = ticks.filter((m) => m.run === '2').map((m) => m.n)
+    t.same(run1, Array.from({ length: run1.length }, (_, i) => run1[0] + i), 'run 1: in order, no gap, no duplicate')
+    t.equal(run1[run1.length - 1], sent - 1, `every tick the first server sent after the page connected arrived (${sent} sent)`)
+    t.same(run2, Array.from({ length: run2.length }, (_, i) => run2[0] + i), 'run 2: in order, no gap, no duplicate')
+    const events = await eventsOf(page)
+    t.match(events.find((e) => e.type === 'close'), { code: 1012 }, 'told the server was restarting')
+    t.match(events.find((e) => e.type === 'resumed'), { outcome: 'none', stateRestored: false }, 'the identity resumed on the new process; the state loss is reported')
+    t.ok(await page.evaluate('window.chat.clientId === "ada"'))
+    await page.close()
+  })
+
+  void t.test('(b) the server is SIGKILLed and restarted: the page notices and reconnects', async (t) => {
+    const first = await startServer({ RUN: '1' })
+    const page = await browser.newPage()
+    await page.goto(`http://127.0.0.1:${first.port}/?id=bea`)
+    await until(async () => (await ticksOf(page)).length >= 10)
+    await killProcess(first.child)
+    await until(async () => (await eventsOf(page)).some((e) => e.type === 'close'))
+    const second = await startServer({ RUN: '2', PORT: String(first.port) })
+    t.teardown(async () => await killProcess(second.child))
+    await until(async () => (await ticksOf(page)).some((m) => m.run === '2'), 40_000)
+    const events = await eventsOf(page)
+    t.match(events.find((e) => e.type === 'close'), { code: 1006 }, 'the abrupt end is seen as 1006')
+    t.equal(events.filter((e) => e.type === 'open').length, 2, 'open again on the restarted server')
+    await page.close()
+  })
+
+  void t.test('(c) the path goes silent (a proxy stops forwarding): the watchdog drops it within interval + timeout, plus two of its checks', async (t) => {
+    const interval = 1000
+    const timeout = 500
+    const server = await startServer({ RUN: '1', HEARTBEAT_INTERVAL: String(interval), HEARTBEAT_TIMEOUT: String(timeout) })
+    t.teardown(async () => await killProcess(server.child))
+    // A TCP proxy whose existing connections can be made to swallow everything, without a FIN.
+    const pairs: Array<{ silent: boolean }> = []
+    const sockets: net.Socket[] = []
+    const proxy = net.createServer((inbound) => {
+      const pair = { silent: false }
+      pairs.push(pair)
+      const outbound = net.connect(server.port, '127.0.0.1')
+      inbound.on('data', (chunk) => { if (!pair.silent) outbound.write(chunk) })
+      outbound.on('data', (chunk) => { if (!pair.silent) inbound.write(chunk) })
+      // A silent path forwards nothing, not even the end of the other side (the server gives up on its side).
+      inbound.on('error', () => {}).on('close', () => outbound.destroy())
+      outbound.on('error', () => {}).on('close', () => { if (!pair.silent) inbound.destroy() })
+      sockets.push(inbound)
+    })
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => {
+      for (const socket of sockets) socket.destroy()
+      proxy.close()
+    })
+    const page = await browser.newPage()
+    await page.goto(`http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}/?id=cal`)
+    await until(async () => (await ticksOf(page)).length >= 10)
+    const silencedAt = Date.now()
+    for (const pair of pairs) pair.silent = true
+    await until(async () => (await eventsOf(page)).some((e) => e.type === 'close'))
+    const close = (await eventsOf(page)).find((e) => e.type === 'close')!
+    const detectedAfter = close.at - silencedAt
+    t.match(close, { code: 4000, reason: 'no heartbeat' })
+    // The watchdog checks every (interval + timeout) / 10 and confirms once: two checks of slack.
+    t.ok(detectedAfter <= interval + timeout + 2 * (interval + timeout) / 10 + 100, `detected ${detectedAfter} ms after the path went silent (interval + timeout = ${interval + timeout} ms)`)
+    await until(async () => (await eventsOf(page)).filter((e) => e.type === 'open').length === 2)
+    const before = (await ticksOf(page)).length
+    await until(async () => (await ticksOf(page)).length > before + 5)
+    t.pass('reconnected through a fresh path and receiving again')
+    await page.close()
+  })
+}
