@@ -5,6 +5,7 @@
  * where there is no global one).
  */
 import { shouldReconnect } from '../close-codes.js'
+import type { ResumeReport, Welcome } from '../protocol.js'
 import { backoffDelay, type BackoffOptions } from './backoff.js'
 
 export { backoffDelay, type BackoffOptions } from './backoff.js'
@@ -42,11 +43,8 @@ export interface StabilizedWebSocketOptions extends BackoffOptions {
 
 export type SendResult = 'sent' | 'queued' | 'dropped'
 
-export interface ResumeOutcome {
-  outcome: 'full' | 'partial' | 'none'
-  stateRestored: boolean
-  replayed: number
-  missed: number
+/** What a resume gave back (the welcome's `resume`), and whether the server refused the token. */
+export interface ResumeOutcome extends ResumeReport {
   /** Set when the server refused the token (close 4003): the reason; a new session began. */
   rejected?: string
 }
@@ -65,17 +63,6 @@ export class StabilizedEvent extends Event {
     super(type)
     Object.assign(this, init)
   }
-}
-
-interface Welcome {
-  t: 'welcome'
-  clientId: string
-  sessionId: string
-  token: string | null
-  tokenExpiresAt: number | null
-  heartbeat: { interval: number, timeout: number }
-  seq: number
-  resume: ResumeOutcome | null
 }
 
 const CONNECTING = 0
