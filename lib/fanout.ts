@@ -31,6 +31,7 @@ export interface BroadcastResult {
  */
 export class Outbound {
   private payload: Buffer | undefined = undefined
+  private plainBytes = -1
 
   constructor (readonly encoded: EncodedMessage) {}
 
@@ -42,7 +43,9 @@ export class Outbound {
 
   /** Bytes this message adds to a connection's outbound buffer (the protocol's frame is ~30 bytes more). */
   sizeFor (connection: Connection): number {
-    return connection.replay === undefined ? byteLength(this.encoded) : this.protocolPayload.length + 30
+    if (connection.replay !== undefined) return this.protocolPayload.length + 30
+    if (this.plainBytes < 0) this.plainBytes = byteLength(this.encoded)
+    return this.plainBytes
   }
 
   /** What to write to `connection`: the plain message, or the session's next numbered frame (logged for replay). */
@@ -103,7 +106,6 @@ export async function fanOut (
     if (exclude === undefined || !exclude.has(connection.id)) targets.push(connection)
   }
   const result: BroadcastResult = { total: targets.length, sent: 0, failed: 0, skipped: 0, dropped: 0, queued: 0 }
-  const plainBytes = byteLength(message.encoded)
   let inTurn = 0
   for (const connection of targets) {
     if (inTurn === perTurn) {
@@ -116,7 +118,7 @@ export async function fanOut (
       continue
     }
     inTurn++
-    if (!gate(connection, connection.replay === undefined ? plainBytes : message.sizeFor(connection))) result.dropped++
+    if (!gate(connection, message.sizeFor(connection))) result.dropped++
     else if (writeTo(connection, message.frameFor(connection))) result.sent++
     else result.failed++
   }

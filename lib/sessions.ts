@@ -49,6 +49,8 @@ export class SessionStore {
   private readonly sessions = new Map<string, RetainedSession>()
   private timer: NodeJS.Timeout | undefined = undefined
   private userDataBytes = 0
+  /** Retained sessions that have a replay log (only those can be sent anything while away). */
+  replaySessions = 0
 
   constructor (private readonly windowMs: number, private readonly maxSessions: number) {}
 
@@ -78,6 +80,7 @@ export class SessionStore {
     }
     this.sessions.set(connection.id, session)
     this.userDataBytes += session.userDataBytes
+    if (session.replay !== undefined) this.replaySessions++
     this.timer ??= this.schedule(now)
   }
 
@@ -91,13 +94,10 @@ export class SessionStore {
 
   /**
    * Logs a message for the client's retained `stabilizer.v1` session, to be replayed when it
-   * resumes. @returns false when the client has no such session.
+   * resumes; nothing when the client has no such session.
    */
-  queue (clientId: string, payload: Buffer, binary: boolean): boolean {
-    const replay = this.sessions.get(clientId)?.replay
-    if (replay === undefined) return false
-    replay.append(payload, binary)
-    return true
+  queue (clientId: string, payload: Buffer, binary: boolean): void {
+    this.sessions.get(clientId)?.replay?.append(payload, binary)
   }
 
   /** Logs a message into `replay` if it is still the log of the client's retained session. */
@@ -122,6 +122,7 @@ export class SessionStore {
   clear (): void {
     this.sessions.clear()
     this.userDataBytes = 0
+    this.replaySessions = 0
     if (this.timer !== undefined) clearTimeout(this.timer)
     this.timer = undefined
   }
@@ -131,6 +132,7 @@ export class SessionStore {
     if (session === undefined) return
     this.sessions.delete(clientId)
     this.userDataBytes -= session.userDataBytes
+    if (session.replay !== undefined) this.replaySessions--
   }
 
   /** Expiry order is insertion order (one window for all): sweep from the front. */

@@ -319,7 +319,7 @@ export class Stabilizer {
     const outbound = new Outbound(encodeMessage(message))
     if (connection === undefined) {
       // A disconnected `stabilizer.v1` client whose session is retained gets it on resume.
-      this.sessions.queue(clientId, outbound.protocolPayload, outbound.encoded.binary)
+      if (this.sessions.replaySessions > 0) this.sessions.queue(clientId, outbound.protocolPayload, outbound.encoded.binary)
       return false
     }
     if (!this.outboundGate(connection, outbound.sizeFor(connection))) return false
@@ -345,7 +345,7 @@ export class Stabilizer {
     const excluded = exclude === undefined ? undefined : new Set(typeof exclude === 'string' ? [exclude] : exclude)
     const outbound = new Outbound(encoded)
     // Retained sessions first: a client resuming during the fan-out has its log moved to its new connection.
-    const queued = this.sessions.size === 0 ? 0 : this.sessions.queueBroadcast({ group, exclude: excluded }, outbound.protocolPayload, encoded.binary)
+    const queued = this.sessions.replaySessions === 0 ? 0 : this.sessions.queueBroadcast({ group, exclude: excluded }, outbound.protocolPayload, encoded.binary)
     const recipients = group === undefined ? this.registry.connections() : this.registry.members(group)
     const result = recipients === undefined
       ? { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0, queued: 0 }

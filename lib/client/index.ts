@@ -163,7 +163,7 @@ export class StabilizedWebSocket extends EventTarget {
     this.closed = true
     this.ready = false
     this.clearTimers()
-    ;(globalThis as { removeEventListener?: (type: string, listener: () => void) => void }).removeEventListener?.('online', this.onOnline)
+    this.stopListeningOnline()
     const socket = this.socket
     if (socket === undefined || socket.readyState === CLOSED) {
       this.socket = undefined
@@ -303,6 +303,7 @@ export class StabilizedWebSocket extends EventTarget {
     this.emit('close', { code, reason, willRetry })
     if (!willRetry) {
       this.closed = true
+      this.stopListeningOnline()
       return
     }
     this.scheduleReconnect(code === 4003 ? 0 : this.delayAfter(code, reason, attempt))
@@ -382,6 +383,10 @@ export class StabilizedWebSocket extends EventTarget {
     const oldest = this.queue.shift()!
     this.queuedBytes -= oldest.bytes
     this.droppedMessages++
+  }
+
+  private stopListeningOnline (): void {
+    ;(globalThis as { removeEventListener?: (type: string, listener: () => void) => void }).removeEventListener?.('online', this.onOnline)
   }
 
   private later (fn: () => void, ms: number): ReturnType<typeof setTimeout> {
