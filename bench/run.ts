@@ -8,7 +8,7 @@
  */
 import os from 'node:os'
 import { contenderNames, type ContenderName } from './contenders.js'
-import { spawnJson, type JsonProcess } from './process.js'
+import { spawnJson, type JsonProcess } from '../test/fixtures/json-process.js'
 
 const quick = process.argv.includes('--quick')
 /** `--only=fanout,throughput` runs a subset of the scenarios (memory, fanout, throughput, storm, echo). */

@@ -53,12 +53,17 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
   // websocket route's handler first and can wrap it.
   fastify.addHook('onRoute', createRouteHook(stabilizer, admit, ownsWebsocket, log))
 
+  /** app.close()'s drain: the port is released first, then every socket is drained. */
+  const drainOnClose = async (): Promise<void> => {
+    if (options.shutdownReleasePort) releasePort(fastify)
+    await stabilizer.gracefulShutdown()
+  }
   if (ownsWebsocket) {
     await fastify.register(websocket, {
       options: { maxPayload: options.maxMessageSize, perMessageDeflate: options.compression, handleProtocols: selectProtocol },
       // Replaces @fastify/websocket's default preClose, which closes every client with no code.
       preClose: async function (this: FastifyInstance) {
-        await stabilizer.gracefulShutdown()
+        await drainOnClose()
         this.websocketServer.close()
       },
       errorHandler: function (error, socket, request) {
@@ -68,7 +73,7 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
       }
     })
   } else {
-    fastify.addHook('preClose', async () => { await stabilizer.gracefulShutdown() })
+    fastify.addHook('preClose', drainOnClose)
   }
 
   const wss = fastify.websocketServer
@@ -82,6 +87,17 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
   if (options.enableReconnect && options.reconnectTokenRoute !== false) {
     registerReconnectTokenRoute(fastify, options.reconnectTokenRoute, stabilizer, options.identify)
   }
+}
+
+/**
+ * Stops accepting TCP connections before the drain instead of after it: Fastify closes the
+ * listener once the preClose hooks are done and answers 503 to new requests meanwhile, so
+ * nothing is served that would have been; but the port is free for a replacement process (or,
+ * with `reusePort`, every new connection goes to the live instances) while the old sockets
+ * drain. Fastify's own server.close() later finds the server stopped, which it accepts.
+ */
+function releasePort (fastify: FastifyInstance): void {
+  if (fastify.server.listening) fastify.server.close()
 }
 
 /** Room left in Fastify's pluginTimeout for terminating stragglers and closing the server. */

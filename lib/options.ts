@@ -50,7 +50,9 @@ export const OptionsSchema = Type.Object({
   closeTimeout: Type.Optional(Count('How long a server-initiated close waits for the peer\'s close frame before terminate().')),
   shutdownTimeout: Type.Optional(Milliseconds('Deadline of a graceful shutdown; sockets still open then are terminated.')),
   shutdownCloseCode: Type.Optional(Type.Union([Type.Literal(1012), Type.Literal(1001)], { description: 'Close code sent to every client at shutdown: 1012 or 1001.' })),
-  shutdownRetrySpread: Type.Optional(Milliseconds('Upper bound of the random reconnect delay hinted to each client at shutdown.')),
+  shutdownReleasePort: Type.Optional(Type.Boolean({ description: 'app.close() stops accepting TCP connections before the drain (not after), so a replacement can take the port while old sockets drain.' })),
+  shutdownRetryDelay: Type.Optional(Milliseconds('Least reconnect delay hinted to each client at shutdown: at least the time a replacement needs to accept connections.')),
+  shutdownRetrySpread: Type.Optional(Milliseconds('Width of the random part of the reconnect delay hinted at shutdown: each hint is in [shutdownRetryDelay, shutdownRetryDelay + shutdownRetrySpread].')),
   identify: Type.Optional(Type.Function([Type.Any()], Type.Any(), { description: 'Returns the client id of an upgrade request (sync or async); may throw 401/403.' })),
   onConnect: Type.Optional(Type.Function([Type.Any()], Type.Any(), { description: 'Called after a connection is registered.' })),
   onDisconnect: Type.Optional(Type.Function([Type.Any(), Type.Any(), Type.Any()], Type.Any(), { description: 'Called once when a connection has closed.' })),
@@ -140,7 +142,9 @@ export const defaults = {
   closeTimeout: 5_000,
   shutdownTimeout: 10_000,
   shutdownCloseCode: 1012 as 1012 | 1001,
-  shutdownRetrySpread: 5_000,
+  shutdownReleasePort: true,
+  shutdownRetryDelay: 250,
+  shutdownRetrySpread: 2_750,
   statsRoute: '/ws-stats' as string | false,
   statsIncludeClientIds: false
 }

@@ -553,13 +553,13 @@ export class Stabilizer {
     this.heartbeat?.stop()
     // Nothing outlives the process that another instance could not see (the Redis adapter will hold sessions).
     this.sessions.clear()
-    const { shutdownCloseCode, shutdownRetrySpread } = this.options
+    const { shutdownCloseCode, shutdownRetryDelay, shutdownRetrySpread } = this.options
     const label = shutdownCloseCode === CloseCode.SERVICE_RESTART ? 'service restart' : 'going away'
     this.shutdownRun = drain({
       connections: [...this.registry.live],
       deadlineMs: timeoutMs,
       closesPerTurn: this.options.maxConcurrentCleanup,
-      close: (connection) => this.closeConnection(connection, shutdownCloseCode, `${label}; retry-after-ms=${randomInt(shutdownRetrySpread + 1)}`, 'shutdown', null),
+      close: (connection) => this.closeConnection(connection, shutdownCloseCode, `${label}; retry-after-ms=${shutdownRetryDelay + randomInt(shutdownRetrySpread + 1)}`, 'shutdown', null),
       terminate: (connection) => this.terminateConnection(connection, 'shutdown')
     }).then((report) => {
       this.lifecycle = 'closed'

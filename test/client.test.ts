@@ -1,6 +1,6 @@
 import t from 'tap'
 import { WebSocket as WsWebSocket } from 'ws'
-import { StabilizedWebSocket, backoffDelay, type StabilizedEvent, type WebSocketConstructor } from '../lib/client/index.js'
+import { StabilizedWebSocket, backoffDelay, clampDelay, type StabilizedEvent, type WebSocketConstructor } from '../lib/client/index.js'
 import { buildApp, listen, waitFor, type TestApp } from './fixtures/server.js'
 
 const secrets = ['c'.repeat(32) + '-client-tests']
@@ -50,6 +50,11 @@ void t.test('backoff: full jitter between the floor and the capped exponential, 
   t.ok(deciles.every((n) => n > 60 && n < 140), `uniform over deciles: ${deciles.join(' ')}`)
   t.equal(backoffDelay(1, {}, () => 0), 250)
   t.equal(backoffDelay(3, {}, () => 1), 4000)
+  // A server's hint is honoured within the same bounds: never hammering, never waiting forever.
+  t.equal(clampDelay(0), 250, 'a zero hint waits minDelay')
+  t.equal(clampDelay(1234), 1234)
+  t.equal(clampDelay(10 ** 9), 30_000, 'an absurd hint waits maxDelay')
+  t.equal(clampDelay(5, { minDelay: 10, maxDelay: 5 }), 10, 'minDelay wins over a smaller maxDelay')
 })
 
 void t.test('messages arrive without the envelope; send is sent, and the handler gets the payload', async (t) => {

@@ -1,13 +1,14 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import { once } from 'node:events'
+import net from 'node:net'
 import type { WebSocket } from 'ws'
 import stabilizer, { CloseCode } from '../lib/index.js'
 import { buildApp, closeOf, listen, openClient, waitFor } from './fixtures/server.js'
 import { frozenPeer } from './fixtures/processes.js'
 
 void t.test('shutdown closes every client with 1012 and a spread retry hint, and reports', async (t) => {
-  const app = await buildApp({ shutdownRetrySpread: 1000 })
+  const app = await buildApp({ shutdownRetryDelay: 500, shutdownRetrySpread: 1000 })
   const url = await listen(app)
   const clients: WebSocket[] = []
   for (let i = 0; i < 20; i++) clients.push(await openClient(`${url}/ws/c${i}`))
@@ -22,7 +23,7 @@ void t.test('shutdown closes every client with 1012 and a spread retry hint, and
     t.ok(hint, reason)
     return Number(hint?.[1])
   })
-  t.ok(hints.every((ms) => ms >= 0 && ms <= 1000), 'hints within the spread')
+  t.ok(hints.every((ms) => ms >= 500 && ms <= 1500), 'hints within [delay, delay + spread]')
   t.ok(new Set(hints).size > 1, 'hints are spread, not one value for all')
   t.same(await app.stabilizer.gracefulShutdown(), report, 'a second call returns the same report')
   await app.close()
@@ -30,12 +31,43 @@ void t.test('shutdown closes every client with 1012 and a spread retry hint, and
 })
 
 void t.test('shutdownCloseCode 1001 and a zero spread', async (t) => {
-  const app = await buildApp({ shutdownCloseCode: 1001, shutdownRetrySpread: 0 })
+  const app = await buildApp({ shutdownCloseCode: 1001, shutdownRetryDelay: 0, shutdownRetrySpread: 0 })
   const url = await listen(app)
   const ws = await openClient(`${url}/ws/a`)
   const closed = closeOf(ws)
   await app.close()
   t.same(await closed, { code: CloseCode.GOING_AWAY, reason: 'going away; retry-after-ms=0' })
+})
+
+/** Whether a new listener can take `port` now (closed again at once). */
+async function portIsFree (port: number): Promise<boolean> {
+  const probe = net.createServer()
+  try {
+    await new Promise<void>((resolve, reject) => { probe.once('error', reject); probe.listen(port, '127.0.0.1', resolve) })
+    return true
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error
+    return false
+  } finally {
+    if (probe.listening) await new Promise((resolve) => probe.close(resolve))
+  }
+}
+
+void t.test('app.close() releases the port before the drain, so a replacement can listen while old sockets drain', async (t) => {
+  for (const release of [true, false]) {
+    const app = await buildApp({ shutdownTimeout: 1000, ...(release ? {} : { shutdownReleasePort: false }) })
+    const url = await listen(app)
+    const port = Number(new URL(url).port)
+    // A frozen peer never answers its close frame: the drain lasts until the deadline.
+    await frozenPeer(t, `${url}/ws/frozen`, () => app.stabilizer.getConnectionCount() === 1)
+    const closing = app.close()
+    await waitFor(() => app.stabilizer.state === 'draining')
+    t.equal(await portIsFree(port), release, release ? 'free while draining (default)' : 'held until the drain ends (shutdownReleasePort: false)')
+    t.equal(app.stabilizer.state, 'draining', 'the drain was still running')
+    await closing
+    t.match(await app.stabilizer.gracefulShutdown(), { terminated: 1 })
+    t.ok(await portIsFree(port), 'free once closed')
+  }
 })
 
 void t.test('gracefulShutdown validates its deadline', async (t) => {

@@ -18,3 +18,8 @@ export function backoffDelay (attempt: number, options: BackoffOptions = {}, ran
   const ceiling = Math.max(floor, Math.min(options.maxDelay ?? 30_000, (options.initialDelay ?? 1000) * 2 ** Math.min(attempt - 1, 30)))
   return Math.round(floor + random() * (ceiling - floor))
 }
+
+/** A delay the server hinted, kept within [minDelay, maxDelay]. */
+export function clampDelay (ms: number, options: BackoffOptions = {}): number {
+  return Math.min(Math.max(ms, options.minDelay ?? 250), Math.max(options.minDelay ?? 250, options.maxDelay ?? 30_000))
+}

@@ -6,9 +6,9 @@
  */
 import { shouldReconnect } from '../close-codes.js'
 import type { ResumeReport, Welcome } from '../protocol.js'
-import { backoffDelay, type BackoffOptions } from './backoff.js'
+import { backoffDelay, clampDelay, type BackoffOptions } from './backoff.js'
 
-export { backoffDelay, type BackoffOptions } from './backoff.js'
+export { backoffDelay, clampDelay, type BackoffOptions } from './backoff.js'
 
 /** The part of the WebSocket API the client uses (the browser's, or `ws`). */
 export interface WebSocketLike {
@@ -309,10 +309,13 @@ export class StabilizedWebSocket extends EventTarget {
     this.scheduleReconnect(code === 4003 ? 0 : this.delayAfter(code, reason, attempt))
   }
 
-  /** Backoff, or the server's hint: `retry-after-ms=N` in the reason (1012 at shutdown), at least 5 s after 1013. */
+  /**
+   * Backoff, or the server's hint: `retry-after-ms=N` in the reason (1012 at shutdown), kept
+   * within [minDelay, maxDelay]; at least 5 s after 1013.
+   */
   private delayAfter (code: number, reason: string, attempt: number): number {
     const hint = /retry-after-ms=(\d+)/.exec(reason)
-    if (hint !== null) return Number(hint[1])
+    if (hint !== null) return clampDelay(Number(hint[1]), this.options)
     const delay = backoffDelay(attempt, this.options, this.options.random)
     return code === 1013 ? Math.max(delay, 5000) : delay
   }
