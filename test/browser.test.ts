@@ -132,4 +132,33 @@ if (!existsSync(chromiumPath)) {
     t.pass('reconnected through a fresh path and receiving again')
     await page.close()
   })
+
+  void t.test('(d) offline: the page waits for the network instead of burning attempts, and reconnects when it is back', async (t) => {
+    const first = await startServer({ RUN: '1' })
+    t.teardown(async () => await killProcess(first.child))
+    const context = await browser.newContext()
+    t.teardown(async () => await context.close())
+    const page = await context.newPage()
+    await page.goto(`http://127.0.0.1:${first.port}/?id=dot`)
+    await until(async () => (await ticksOf(page)).length >= 5)
+    await context.setOffline(true)
+    t.equal(await page.evaluate('navigator.onLine'), false, 'the browser is offline')
+    // The server restarts while the browser is offline: the hint (≤ 550 ms here) runs out offline.
+    await stopGracefully(first)
+    const second = await startServer({ RUN: '2', PORT: String(first.port) })
+    t.teardown(async () => await killProcess(second.child))
+    await until(async () => (await eventsOf(page)).some((e) => e.type === 'close'))
+    await new Promise((resolve) => setTimeout(resolve, 2000))
+    const offline = await eventsOf(page)
+    t.equal(offline.filter((e) => e.type === 'close').length, 1, 'no attempt failed while offline: it waited')
+    t.equal(offline.filter((e) => e.type === 'open').length, 1, 'not reconnected while offline')
+    const stats = async (): Promise<{ totalConnections: number }> => await (await fetch(`http://127.0.0.1:${second.port}/ws-stats`)).json() as { totalConnections: number }
+    t.equal((await stats()).totalConnections, 0, 'the new server saw no attempt')
+    await context.setOffline(false)
+    await until(async () => (await ticksOf(page)).some((m) => m.run === '2'))
+    const events = await eventsOf(page)
+    t.equal(events.filter((e) => e.type === 'open').length, 2, 'open again once online')
+    t.equal(events.filter((e) => e.type === 'close').length, 1, 'with no failed attempt on the way')
+    t.equal((await stats()).totalConnections, 1, 'one connection reached the new server')
+  })
 }
