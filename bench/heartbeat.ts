@@ -4,11 +4,11 @@
  * - CPU per ping/pong: server CPU time over a window / pongs received in it;
  * - longest event-loop stall in the window (monitorEventLoopDelay, 1 ms resolution).
  * Server and clients run in separate processes; the controller talks to the server over its
- * stdin/stdout only. Run: npx tsx bench/heartbeat.ts [connections=10000,18000] [rounds=3]
+ * stdin/stdout only. Run: npx tsx bench/heartbeat.ts [connections=10000,18000] [rounds=3] [intervalMs=1000]
  * A 50k point needs an open-file limit above 50k for one process; where the hard limit is
  * lower (`ulimit -Hn`), the 50k row measures the scheduler alone (no sockets), see below.
  */
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
 import { createInterface } from 'node:readline'
 import os from 'node:os'
@@ -19,11 +19,29 @@ import { startClientProcess, killProcess } from '../test/fixtures/processes.js'
 
 const sizes = (process.argv[2] ?? '10000,18000').split(',').map(Number)
 const rounds = Number(process.argv[3] ?? 3)
-const interval = 1000
-const windowMs = 5 * interval
+/** 1 s by default: 25× the default rate, so a few seconds hold many pings. */
+const interval = Number(process.argv[4] ?? 1000)
+/** Five intervals, or one when an interval is long (every connection is pinged once in it). */
+const windowMs = interval >= 5000 ? interval : 5 * interval
 const root = fileURLToPath(new URL('..', import.meta.url))
 
-interface Result { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, connections: number }
+interface Result { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, connections: number, userInstructions: number, kernelInstructions: number }
+
+/**
+ * Instructions retired by a process over `seconds` (user and kernel), counted by `perf stat`:
+ * unlike CPU time they hardly move when the machine is shared and noisy. NaN where perf or
+ * its counters are not available.
+ */
+const perfWorks = spawnSync('perf', ['stat', '-x,', '-e', 'instructions:u', 'true'], { encoding: 'utf8' }).stderr?.includes('instructions') === true
+async function countInstructions (pid: number, seconds: number): Promise<{ user: number, kernel: number }> {
+  if (!perfWorks) return { user: Number.NaN, kernel: Number.NaN }
+  const perf = spawn('perf', ['stat', '-x,', '-e', 'instructions:u,instructions:k', '-p', String(pid), '--', 'sleep', String(seconds)], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let output = ''
+  perf.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  await once(perf, 'close')
+  const count = (event: string): number => Number(/^(\d+),[^,]*,([^,]+)/m.exec(output.split('\n').find((line) => line.includes(`,${event},`)) ?? '')?.[1] ?? Number.NaN)
+  return { user: count('instructions:u'), kernel: count('instructions:k') }
+}
 
 async function measure (contender: string, connections: number): Promise<Result> {
   const server = spawn(process.execPath, ['--import', 'tsx', 'bench/heartbeat-server.ts', contender, String(interval)], { cwd: root, stdio: ['pipe', 'pipe', 'inherit'] })
@@ -33,10 +51,14 @@ async function measure (contender: string, connections: number): Promise<Result>
     const { port } = await next()
     const clients = []
     for (let left = connections; left > 0; left -= 9000) clients.push(await startClientProcess(`ws://127.0.0.1:${port}/ws`, Math.min(9000, left)))
-    // Let every connection go through a few heartbeats before measuring.
-    await new Promise((resolve) => setTimeout(resolve, 2 * interval))
+    // Let every connection have had its first ping (jittered over [interval/2, interval]).
+    await new Promise((resolve) => setTimeout(resolve, interval + 2000))
+    const instructions = countInstructions(server.pid!, windowMs / 1000)
     server.stdin.write(`measure ${windowMs}\n`)
     const result = await next() as unknown as Result
+    const { user, kernel } = await instructions
+    result.userInstructions = user
+    result.kernelInstructions = kernel
     for (const client of clients) await killProcess(client)
     return result
   } finally {
@@ -48,8 +70,8 @@ async function measure (contender: string, connections: number): Promise<Result>
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
 
 console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, interval ${interval} ms, window ${windowMs} ms, ${rounds} interleaved rounds, medians\n`)
-console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | longest loop stall (ms) | longest heartbeat tick (ms) | pongs in window |')
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
+console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | instructions per ping/pong, user + kernel | ratio vs ws sweep | longest loop stall (ms) | longest heartbeat tick (ms) | pongs in window |')
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const size of sizes) {
   const runs: Record<string, Result[]> = { stabilizer: [], 'ws-sweep': [] }
   for (let round = 0; round < rounds; round++) {
@@ -57,12 +79,16 @@ for (const size of sizes) {
   }
   const perPong = (r: Result): number => r.cpuMicros / Math.max(1, r.pongs)
   const sweep = median(runs['ws-sweep'].map(perPong))
+  const instructionsPerPong = (r: Result): number => (r.userInstructions + r.kernelInstructions) / Math.max(1, r.pongs)
+  const sweepInstructions = median(runs['ws-sweep'].map(instructionsPerPong))
   for (const contender of ['stabilizer', 'ws-sweep']) {
     const cpu = median(runs[contender].map(perPong))
     const user = median(runs[contender].map((r) => r.userMicros / Math.max(1, r.pongs)))
     const system = median(runs[contender].map((r) => r.systemMicros / Math.max(1, r.pongs)))
     const tick = contender === 'stabilizer' ? median(runs[contender].map((r) => r.longestTickMs ?? 0)).toFixed(1) : '(the sweep is one tick: see the stall)'
-    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)} | ${tick} | ${median(runs[contender].map((r) => r.pongs))} |`)
+    const instructions = median(runs[contender].map(instructionsPerPong))
+    const split = `${(median(runs[contender].map((r) => r.userInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k + ${(median(runs[contender].map((r) => r.kernelInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k`
+    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${split} | ${(instructions / sweepInstructions).toFixed(2)}× | ${median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)} | ${tick} | ${median(runs[contender].map((r) => r.pongs))} |`)
   }
 }
 
