@@ -1,5 +1,5 @@
 // One heartbeat contender in its own process:
-//   node --import tsx bench/heartbeat-server.ts <stabilizer|ws-sweep> INTERVAL_MS
+//   node --import tsx bench/heartbeat-server.ts <stabilizer|ws-sweep|heartbeat-off> INTERVAL_MS
 // Prints {"port"} once listening; on a "measure MS" line from the controller (stdin, never the
 // sockets under test) it measures for MS and prints {"cpuMicros","userMicros","systemMicros",
 // "pongs","maxStallMs","longestTickMs","connections"} (longestTickMs: the stabilizer's own figure).
@@ -15,9 +15,11 @@ let pongs = 0
 let connections: () => number
 let port: number
 
-if (contender === 'stabilizer') {
+if (contender === 'stabilizer' || contender === 'heartbeat-off') {
+  // heartbeat-off: the same server with heartbeats disabled, the baseline of the loop's stalls.
   const app = Fastify()
-  await app.register(stabilizer, { maxConnections: 100_000, heartbeatInterval: interval, heartbeatTimeout: Math.floor(interval / 2), statsRoute: false })
+  const heartbeat = contender === 'stabilizer' ? { heartbeatInterval: interval, heartbeatTimeout: Math.floor(interval / 2) } : { heartbeatInterval: 0 }
+  await app.register(stabilizer, { maxConnections: 100_000, ...heartbeat, statsRoute: false })
   app.get('/ws', { websocket: true }, () => {})
   await app.listen({ port: 0, host: '127.0.0.1' })
   port = (app.server.address() as { port: number }).port
@@ -27,7 +29,7 @@ if (contender === 'stabilizer') {
   Object.defineProperty(globalThis, 'longestTick', { get: () => app.stabilizer.getStats().heartbeat.longestTickMs })
   // The longest tick within the measuring window, not since start (which includes the burst of
   // connections at the start of a run): the bench resets the scheduler's own figure.
-  Object.defineProperty(globalThis, 'resetLongestTick', { value: () => { (app.stabilizer as unknown as { heartbeat: { counters: { longestTickMs: number } } }).heartbeat.counters.longestTickMs = 0 } })
+  Object.defineProperty(globalThis, 'resetLongestTick', { value: () => { const scheduler = (app.stabilizer as unknown as { heartbeat?: { counters: { longestTickMs: number } } }).heartbeat; if (scheduler !== undefined) scheduler.counters.longestTickMs = 0 } })
 } else {
   // The heartbeat of ws's README: one sweep over every client per interval.
   type Live = WebSocket & { isAlive?: boolean }

@@ -73,14 +73,17 @@ console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?
 console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | instructions per ping/pong, user + kernel | ratio vs ws sweep | longest loop stall (ms) | longest heartbeat tick (ms) | pongs in window |')
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const size of sizes) {
-  const runs: Record<string, Result[]> = { stabilizer: [], 'ws-sweep': [] }
+  const contenders = ['stabilizer', 'ws-sweep', 'heartbeat-off']
+  const runs: Record<string, Result[]> = Object.fromEntries(contenders.map((name) => [name, []]))
   for (let round = 0; round < rounds; round++) {
-    for (const contender of round % 2 === 0 ? ['stabilizer', 'ws-sweep'] : ['ws-sweep', 'stabilizer']) runs[contender].push(await measure(contender, size))
+    for (const contender of round % 2 === 0 ? contenders : [...contenders].reverse()) runs[contender].push(await measure(contender, size))
   }
   const perPong = (r: Result): number => r.cpuMicros / Math.max(1, r.pongs)
   const sweep = median(runs['ws-sweep'].map(perPong))
   const instructionsPerPong = (r: Result): number => (r.userInstructions + r.kernelInstructions) / Math.max(1, r.pongs)
   const sweepInstructions = median(runs['ws-sweep'].map(instructionsPerPong))
+  const stall = (contender: string): string => median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)
+  console.log(`| ${size} | heartbeat-off | — | — | — | — | — | ${stall('heartbeat-off')} | (no heartbeat: the loop's own stalls, GC included) | 0 |`)
   for (const contender of ['stabilizer', 'ws-sweep']) {
     const cpu = median(runs[contender].map(perPong))
     const user = median(runs[contender].map((r) => r.userMicros / Math.max(1, r.pongs)))
@@ -88,7 +91,7 @@ for (const size of sizes) {
     const tick = contender === 'stabilizer' ? median(runs[contender].map((r) => r.longestTickMs ?? 0)).toFixed(1) : '(the sweep is one tick: see the stall)'
     const instructions = median(runs[contender].map(instructionsPerPong))
     const split = `${(median(runs[contender].map((r) => r.userInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k + ${(median(runs[contender].map((r) => r.kernelInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k`
-    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${split} | ${(instructions / sweepInstructions).toFixed(2)}× | ${median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)} | ${tick} | ${median(runs[contender].map((r) => r.pongs))} |`)
+    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${split} | ${(instructions / sweepInstructions).toFixed(2)}× | ${stall(contender)} | ${tick} | ${median(runs[contender].map((r) => r.pongs))} |`)
   }
 }
 
