@@ -1,8 +1,9 @@
 // One heartbeat contender in its own process:
-//   node --import tsx bench/heartbeat-server.ts <stabilizer|ws-sweep|heartbeat-off> INTERVAL_MS
+//   node --expose-gc --import tsx bench/heartbeat-server.ts <stabilizer|ws-sweep|heartbeat-off> INTERVAL_MS
 // Prints {"port"} once listening; on a "measure MS" line from the controller (stdin, never the
 // sockets under test) it measures for MS and prints {"cpuMicros","userMicros","systemMicros",
-// "pongs","maxStallMs","longestTickMs","connections"} (longestTickMs: the stabilizer's own figure).
+// "pongs","maxStallMs","longestTickMs","connections"} (longestTickMs: the stabilizer's own figure);
+// on "gc" it runs a full collection and prints {"gc":true}.
 import Fastify from 'fastify'
 import { createInterface } from 'node:readline'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
@@ -57,6 +58,12 @@ const pongCount = (): number => (globalThis as unknown as { pongCount: number })
 createInterface({ input: process.stdin }).on('line', (line) => {
   const [command, arg] = line.split(' ')
   if (command === 'count') process.stdout.write(`${JSON.stringify({ connections: connections() })}\n`)
+  // A full collection before a window: the major GC that follows the burst of connections at
+  // the start of a run would otherwise land in the window and count as a heartbeat stall.
+  if (command === 'gc') {
+    ;(globalThis as { gc?: () => void }).gc?.()
+    process.stdout.write(`${JSON.stringify({ gc: true })}\n`)
+  }
   if (command !== 'measure') return
   const histogram = monitorEventLoopDelay({ resolution: 1 })
   histogram.enable()

@@ -44,7 +44,7 @@ async function countInstructions (pid: number, seconds: number): Promise<{ user:
 }
 
 async function measure (contender: string, connections: number): Promise<Result> {
-  const server = spawn(process.execPath, ['--import', 'tsx', 'bench/heartbeat-server.ts', contender, String(interval)], { cwd: root, stdio: ['pipe', 'pipe', 'inherit'] })
+  const server = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/heartbeat-server.ts', contender, String(interval)], { cwd: root, stdio: ['pipe', 'pipe', 'inherit'] })
   const lines = createInterface({ input: server.stdout })[Symbol.asyncIterator]()
   const next = async (): Promise<Record<string, number>> => JSON.parse((await lines.next()).value as string) as Record<string, number>
   try {
@@ -53,6 +53,8 @@ async function measure (contender: string, connections: number): Promise<Result>
     for (let left = connections; left > 0; left -= 9000) clients.push(await startClientProcess(`ws://127.0.0.1:${port}/ws`, Math.min(9000, left)))
     // Let every connection have had its first ping (jittered over [interval/2, interval]).
     await new Promise((resolve) => setTimeout(resolve, interval + 2000))
+    server.stdin.write('gc\n')
+    await next()
     const instructions = countInstructions(server.pid!, windowMs / 1000)
     server.stdin.write(`measure ${windowMs}\n`)
     const result = await next() as unknown as Result
