@@ -11,6 +11,8 @@ export class Registry {
   private readonly active = new Map<string, Connection>()
   /** Every connection whose socket has not closed yet (open or closing): what shutdown waits for. */
   readonly live = new Set<Connection>()
+  /** Connections that left `active` by starting to close (not by being replaced), until closed. */
+  private readonly closingById = new Map<string, Connection>()
   private readonly groups = new Map<string, Set<Connection>>()
   /** Upgrades admitted but not yet connected; counted against `maxConnections`. */
   reserved = 0
@@ -57,14 +59,26 @@ export class Registry {
    * so that a retained or replacing session can take them over.
    */
   deactivate (connection: Connection): void {
-    if (this.active.get(connection.id) === connection) this.active.delete(connection.id)
+    if (this.active.get(connection.id) === connection) {
+      this.active.delete(connection.id)
+      this.closingById.set(connection.id, connection)
+    }
     for (const group of connection.groups) this.removeMember(group, connection)
   }
 
   /** Forgets `connection` entirely once its socket has closed. */
   remove (connection: Connection): void {
     this.deactivate(connection)
+    if (this.closingById.get(connection.id) === connection) this.closingById.delete(connection.id)
     this.live.delete(connection)
+  }
+
+  /**
+   * The client's last connection while it closes and nothing replaced it: what a message sent
+   * to the client in that moment is logged into (for a `stabilizer.v1` session to replay).
+   */
+  closing (clientId: string): Connection | undefined {
+    return this.closingById.get(clientId)
   }
 
   join (connection: Connection, group: string): boolean {

@@ -318,8 +318,11 @@ export class Stabilizer {
     const connection = this.registry.get(clientId)
     const outbound = new Outbound(encodeMessage(message))
     if (connection === undefined) {
-      // A disconnected `stabilizer.v1` client whose session is retained gets it on resume.
-      if (this.sessions.replaySessions > 0) this.sessions.queue(clientId, outbound.protocolPayload, outbound.encoded.binary)
+      // A `stabilizer.v1` client gets it on resume: logged into its closing connection's log
+      // (which its retained session will keep), or into its retained session's.
+      const closing = this.registry.closing(clientId)
+      if (closing !== undefined) this.logMissed(closing, outbound)
+      else if (this.sessions.replaySessions > 0) this.sessions.queue(clientId, outbound.protocolPayload, outbound.encoded.binary)
       return false
     }
     if (!this.outboundGate(connection, outbound.sizeFor(connection))) return false

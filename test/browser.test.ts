@@ -134,7 +134,10 @@ if (!existsSync(chromiumPath)) {
   })
 
   void t.test('(d) offline: the page waits for the network instead of burning attempts, and reconnects when it is back', async (t) => {
-    const first = await startServer({ RUN: '1' })
+    // A short heartbeat: whether Chromium's offline mode lets the 1012 through or swallows it,
+    // the page learns the socket is gone within interval + timeout.
+    const heartbeat = { HEARTBEAT_INTERVAL: '1000', HEARTBEAT_TIMEOUT: '500' }
+    const first = await startServer({ RUN: '1', ...heartbeat })
     t.teardown(async () => await killProcess(first.child))
     const context = await browser.newContext()
     t.teardown(async () => await context.close())
@@ -145,9 +148,10 @@ if (!existsSync(chromiumPath)) {
     t.equal(await page.evaluate('navigator.onLine'), false, 'the browser is offline')
     // The server restarts while the browser is offline: the hint (≤ 550 ms here) runs out offline.
     await stopGracefully(first)
-    const second = await startServer({ RUN: '2', PORT: String(first.port) })
+    const second = await startServer({ RUN: '2', PORT: String(first.port), ...heartbeat })
     t.teardown(async () => await killProcess(second.child))
     await until(async () => (await eventsOf(page)).some((e) => e.type === 'close'))
+    t.comment(`the page saw ${JSON.stringify((await eventsOf(page)).find((e) => e.type === 'close'))}`)
     await new Promise((resolve) => setTimeout(resolve, 2000))
     const offline = await eventsOf(page)
     t.equal(offline.filter((e) => e.type === 'close').length, 1, 'no attempt failed while offline: it waited')

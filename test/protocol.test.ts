@@ -111,6 +111,34 @@ void t.test('messages and broadcasts sent while the client is away are queued in
   second.socket.terminate()
 })
 
+void t.test('a message sent while the server is closing the connection (slow consumer) is replayed on resume', async (t) => {
+  const { app, url } = await protocolApp(t, { closeTimeout: 500 })
+  const first = await ProtocolPeer.open(`${url}/ws/eve`)
+  await app.stabilizer.sendToClient('eve', 'before')
+  await first.until(() => first.messages.length === 1)
+  // The client stops reading: the server's writes fill the socket buffers, then its own.
+  first.socket.pause()
+  const chunk = 'x'.repeat(200_000)
+  let sent = 0
+  while (app.stabilizer.getConnection('eve') !== undefined && sent < 500) {
+    void app.stabilizer.sendToClient('eve', chunk) // not awaited: a write completes only when the client reads
+    sent++
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.equal(app.stabilizer.getStats().protection.slowConsumerDisconnects, 1, `closed as a slow consumer after ${sent} large messages`)
+  t.equal(await app.stabilizer.sendToClient('eve', 'while closing'), false, 'not written: its connection is closing')
+  // The close frame is stuck behind megabytes the client does not read: closeTimeout ends it.
+  const closed = closeOf(first.socket)
+  first.socket.resume()
+  await closed
+  await waitFor(() => app.stabilizer.getMemoryUsage().retainedSessions === 1)
+  const second = await ProtocolPeer.open(`${url}/ws/eve`, { token: first.welcome!.token!, lastSeq: first.lastSeq })
+  await second.until(() => second.texts.includes('while closing'))
+  t.equal(second.texts.at(-1), 'while closing', 'replayed last, from the log of the connection that was closing')
+  t.same(second.messages.map((m) => m.seq), Array.from({ length: second.messages.length }, (_, i) => first.lastSeq + 1 + i), 'numbered on from what the client had, no gap')
+  second.socket.terminate()
+})
+
 void t.test('a log that overflowed while away gives a partial replay, and says how much is lost', async (t) => {
   const { app, url, resumes } = await protocolApp(t, { replayBufferSize: 10 })
   const first = await ProtocolPeer.open(`${url}/ws/eve`)
