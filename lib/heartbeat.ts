@@ -52,10 +52,9 @@ export class HeartbeatState {
   dueTick = 0
   phase: Phase = Phase.Idle
   awaitingPong = false
-  // Times and RTTs start as NaN, a double: V8 then keeps these fields unboxed-in-place, and a
-  // pong writes into them instead of allocating a number that the young generation must copy
-  // and promote (with \`undefined\` as the start value each pong cost two such allocations,
-  // and the scavenges of a 10k-connection server took 4x longer: bench/heartbeat.ts).
+  // Times and RTTs start as NaN, a double, not undefined: V8 then gives these fields a double
+  // representation and a pong overwrites them in place, where a field that started as
+  // undefined would get a newly allocated number on every pong.
   pingSentAt = Number.NaN
   rttMs = Number.NaN
   smoothedRttMs = Number.NaN
