@@ -1,12 +1,15 @@
 // One heartbeat contender in its own process:
-//   node --expose-gc --import tsx bench/heartbeat-server.ts <stabilizer|ws-sweep|heartbeat-off> INTERVAL_MS
+//   node --expose-gc --import tsx bench/heartbeat-server.ts <stabilizer|ws-sweep|fastify-sweep|heartbeat-off> INTERVAL_MS
 // Prints {"port"} once listening; on a "measure MS" line from the controller (stdin, never the
 // sockets under test) it measures for MS and prints {"cpuMicros","userMicros","systemMicros",
 // "pongs","maxStallMs","longestTickMs","connections"} (longestTickMs: the stabilizer's own figure);
 // on "gc" it runs a full collection and prints {"gc":true}.
 import Fastify from 'fastify'
+import websocket from '@fastify/websocket'
 import { createInterface } from 'node:readline'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { Session } from 'node:inspector/promises'
+import { writeFileSync } from 'node:fs'
 import { WebSocketServer, type WebSocket } from 'ws'
 import stabilizer from '../lib/index.js'
 
@@ -25,18 +28,32 @@ if (contender === 'stabilizer' || contender === 'heartbeat-off') {
   await app.listen({ port: 0, host: '127.0.0.1' })
   port = (app.server.address() as { port: number }).port
   connections = () => app.stabilizer.getConnectionCount()
-  const pongsNow = (): number => app.stabilizer.getStats().heartbeat.pongsReceived
-  Object.defineProperty(globalThis, 'pongCount', { get: pongsNow })
-  Object.defineProperty(globalThis, 'longestTick', { get: () => app.stabilizer.getStats().heartbeat.longestTickMs })
+  // The scheduler's counters, read directly: getStats() also computes memory usage and RTT
+  // percentiles over every connection, which would land in the measured window.
+  const counters = (): { pongsReceived: number, longestTickMs: number } => (app.stabilizer as unknown as { heartbeat?: { counters: { pongsReceived: number, longestTickMs: number } } }).heartbeat?.counters ?? { pongsReceived: 0, longestTickMs: 0 }
+  Object.defineProperty(globalThis, 'pongCount', { get: () => counters().pongsReceived })
+  Object.defineProperty(globalThis, 'longestTick', { get: () => counters().longestTickMs })
   // The longest tick within the measuring window, not since start (which includes the burst of
   // connections at the start of a run): the bench resets the scheduler's own figure.
-  Object.defineProperty(globalThis, 'resetLongestTick', { value: () => { const scheduler = (app.stabilizer as unknown as { heartbeat?: { counters: { longestTickMs: number } } }).heartbeat; if (scheduler !== undefined) scheduler.counters.longestTickMs = 0 } })
+  Object.defineProperty(globalThis, 'resetLongestTick', { value: () => { counters().longestTickMs = 0 } })
 } else {
-  // The heartbeat of ws's README: one sweep over every client per interval.
+  // The heartbeat of ws's README: one sweep over every client per interval, on a raw ws server
+  // (ws-sweep) or on the stack the stabilizer runs on, raw @fastify/websocket (fastify-sweep):
+  // the difference between the two is the server stack's, not the heartbeat's.
   type Live = WebSocket & { isAlive?: boolean }
-  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' })
-  await new Promise((resolve) => wss.once('listening', resolve))
-  port = (wss.address() as { port: number }).port
+  let wss: WebSocketServer
+  if (contender === 'fastify-sweep') {
+    const app = Fastify()
+    await app.register(websocket)
+    app.get('/ws', { websocket: true }, () => {})
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    port = (app.server.address() as { port: number }).port
+    wss = app.websocketServer
+  } else {
+    wss = new WebSocketServer({ port: 0, host: '127.0.0.1' })
+    await new Promise((resolve) => wss.once('listening', resolve))
+    port = (wss.address() as { port: number }).port
+  }
   wss.on('connection', (ws: Live) => {
     ws.isAlive = true
     ws.on('pong', () => { ws.isAlive = true; pongs++ })
@@ -67,6 +84,13 @@ createInterface({ input: process.stdin }).on('line', (line) => {
   if (command !== 'measure') return
   const histogram = monitorEventLoopDelay({ resolution: 1 })
   histogram.enable()
+  // HEARTBEAT_CPU_PROFILE=<dir>: a V8 CPU profile of the window, <dir>/<contender>-<pid>.cpuprofile.
+  const profileDir = process.env.HEARTBEAT_CPU_PROFILE
+  const profiler = profileDir === undefined ? undefined : new Session()
+  if (profiler !== undefined) {
+    profiler.connect()
+    void profiler.post('Profiler.enable').then(async () => await profiler.post('Profiler.start'))
+  }
   const startCpu = process.cpuUsage()
   const startPongs = pongCount()
   ;(globalThis as unknown as { resetLongestTick?: () => void }).resetLongestTick?.()
@@ -75,6 +99,10 @@ createInterface({ input: process.stdin }).on('line', (line) => {
     histogram.disable()
     const longestTickMs = (globalThis as unknown as { longestTick?: number }).longestTick ?? null
     process.stdout.write(`${JSON.stringify({ cpuMicros: cpu.user + cpu.system, userMicros: cpu.user, systemMicros: cpu.system, pongs: pongCount() - startPongs, maxStallMs: histogram.max / 1e6, longestTickMs, connections: connections() })}\n`)
+    void profiler?.post('Profiler.stop').then(({ profile }) => {
+      writeFileSync(`${profileDir!}/${contender}-${process.pid}.cpuprofile`, JSON.stringify(profile))
+      profiler.disconnect()
+    })
   }, Number(arg))
 })
 process.stdin.on('end', () => process.exit(0))

@@ -1,6 +1,7 @@
 /**
  * Heartbeat cost, side by side in one interleaved run: the stabilizer's timing wheel against
- * ws's README heartbeat (one sweep over every client per interval).
+ * ws's README heartbeat (one sweep over every client per interval) on a raw ws server and on raw
+ * @fastify/websocket (the stabilizer's own stack).
  * - CPU per ping/pong: server CPU time over a window / pongs received in it;
  * - longest event-loop stall in the window (monitorEventLoopDelay, 1 ms resolution).
  * Server and clients run in separate processes; the controller talks to the server over its
@@ -13,8 +14,6 @@ import { once } from 'node:events'
 import { createInterface } from 'node:readline'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { HeartbeatScheduler, HeartbeatState } from '../lib/heartbeat.js'
-import type { Connection } from '../lib/connection.js'
 import { startClientProcess, killProcess } from '../test/fixtures/processes.js'
 
 const sizes = (process.argv[2] ?? '10000,18000').split(',').map(Number)
@@ -75,7 +74,7 @@ console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?
 console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | instructions per ping/pong, user + kernel | ratio vs ws sweep | longest loop stall (ms) | longest heartbeat tick (ms) | pongs in window |')
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const size of sizes) {
-  const contenders = ['stabilizer', 'ws-sweep', 'heartbeat-off']
+  const contenders = ['stabilizer', 'ws-sweep', 'fastify-sweep', 'heartbeat-off']
   const runs: Record<string, Result[]> = Object.fromEntries(contenders.map((name) => [name, []]))
   for (let round = 0; round < rounds; round++) {
     for (const contender of round % 2 === 0 ? contenders : [...contenders].reverse()) runs[contender].push(await measure(contender, size))
@@ -86,7 +85,7 @@ for (const size of sizes) {
   const sweepInstructions = median(runs['ws-sweep'].map(instructionsPerPong))
   const stall = (contender: string): string => median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)
   console.log(`| ${size} | heartbeat-off | — | — | — | — | — | ${stall('heartbeat-off')} | (no heartbeat: the loop's own stalls, GC included) | 0 |`)
-  for (const contender of ['stabilizer', 'ws-sweep']) {
+  for (const contender of ['stabilizer', 'ws-sweep', 'fastify-sweep']) {
     const cpu = median(runs[contender].map(perPong))
     const user = median(runs[contender].map((r) => r.userMicros / Math.max(1, r.pongs)))
     const system = median(runs[contender].map((r) => r.systemMicros / Math.max(1, r.pongs)))
@@ -97,22 +96,7 @@ for (const size of sizes) {
   }
 }
 
-// 50k: the scheduler's own cost, without sockets (each ping answered at once).
+// 50k: the scheduler's own cost, without sockets, in its own process (bench/heartbeat-scheduler.ts).
 const fake = 50_000
-const scheduler: HeartbeatScheduler = new HeartbeatScheduler({ interval, timeout: interval / 2 }, {
-  sendPing: (connection) => { queueMicrotask(() => scheduler.alive(connection, true)); return true },
-  terminate: () => { throw new Error('no one should time out') }
-})
-for (let i = 0; i < fake; i++) scheduler.add({ id: String(i), state: 'open', heartbeat: new HeartbeatState() } as unknown as Connection)
-let longestTick = 0
-const realTick = scheduler.tick.bind(scheduler)
-scheduler.tick = () => { const started = performance.now(); realTick(); longestTick = Math.max(longestTick, performance.now() - started) }
-await new Promise((resolve) => setTimeout(resolve, 2 * interval))
-longestTick = 0
-const cpuBefore = process.cpuUsage()
-const pongsBefore = scheduler.counters.pongsReceived
-await new Promise((resolve) => setTimeout(resolve, windowMs))
-const cpu = process.cpuUsage(cpuBefore)
-const pongs = scheduler.counters.pongsReceived - pongsBefore
-scheduler.stop()
-console.log(`\n${fake} connections, scheduler alone (no sockets: the per-socket ping write is the same for both contenders and is measured above): ${((cpu.user + cpu.system) / pongs).toFixed(2)} µs CPU per ping/pong of scheduling, longest tick ${longestTick.toFixed(2)} ms, ${pongs} pongs in ${windowMs} ms.`)
+const alone = JSON.parse(spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/heartbeat-scheduler.ts', String(fake), String(interval)], { cwd: root, encoding: 'utf8' }).stdout) as Record<string, number>
+console.log(`\n${fake} connections, scheduler alone (no sockets: the per-socket ping write is the same for both contenders and is measured above): ${alone.cpuMicrosPerPong.toFixed(2)} µs CPU per ping/pong of scheduling; ticks p50 ${alone.tickP50Ms.toFixed(2)} ms, p99 ${alone.tickP99Ms.toFixed(2)} ms, longest ${alone.longestTickMs.toFixed(2)} ms (${alone.pingsInLongestTick} pings); ${alone.pongs} pongs in ${alone.windowMs} ms.`)

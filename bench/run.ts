@@ -65,11 +65,12 @@ async function interleaved (measure: (contender: ContenderName) => Promise<Recor
 
 interface Metric { key: string, label: string, better: 'lower' | 'higher', digits?: number, /** Show ratios against ws and socket.io. */ ratio?: boolean }
 
-function table (title: string, results: Map<ContenderName, Array<Record<string, number>>>, metrics: Metric[]): void {
+/** Ratios are against `references` (medians of the same run): ws and socket.io unless a scenario's target names another. */
+function table (title: string, results: Map<ContenderName, Array<Record<string, number>>>, metrics: Metric[], references: ContenderName[] = ['ws', 'socket.io']): void {
   const compared = metrics.filter((m) => m.ratio === true)
   console.log(`\n### ${title}\n`)
-  console.log(`| contender | ${metrics.map((m) => `${m.label} (${m.better} is better)`).join(' | ')} | ${compared.map((m) => `${m.label}: vs ws | vs socket.io`).join(' | ')} |`)
-  console.log(`| --- | ${metrics.map(() => '---').join(' | ')} | ${compared.map(() => '--- | ---').join(' | ')} |`)
+  console.log(`| contender | ${metrics.map((m) => `${m.label} (${m.better} is better)`).join(' | ')} | ${compared.map((m) => references.map((r, i) => (i === 0 ? `${m.label}: vs ${r}` : `vs ${r}`)).join(' | ')).join(' | ')} |`)
+  console.log(`| --- | ${metrics.map(() => '---').join(' | ')} | ${compared.map(() => references.map(() => '---').join(' | ')).join(' | ')} |`)
   const mid = (name: ContenderName, key: string): number => median(results.get(name)!.map((r) => r[key]))
   const ratio = (value: number, base: number): string => (base === 0 ? '—' : `${(value / base).toFixed(2)}×`)
   for (const name of contenderNames) {
@@ -80,7 +81,7 @@ function table (title: string, results: Map<ContenderName, Array<Record<string, 
       const range = values.length > 1 ? ` (${Math.min(...values).toFixed(digits)}–${Math.max(...values).toFixed(digits)})` : ''
       return `${mid(name, m.key).toFixed(digits)}${range}`
     })
-    const ratios = compared.map((m) => `${ratio(mid(name, m.key), mid('ws', m.key))} | ${ratio(mid(name, m.key), mid('socket.io', m.key))}`)
+    const ratios = compared.map((m) => references.map((r) => ratio(mid(name, m.key), mid(r, m.key))).join(' | '))
     console.log(`| ${name} | ${cells.join(' | ')} | ${ratios.join(' | ')} |`)
   }
 }
@@ -101,7 +102,7 @@ async function memory (connections: number): Promise<void> {
   table(`Memory per idle connection, ${connections} connections (bytes, after GC; baseline: the same server with no client)`, results, [
     { key: 'rssPerConnection', label: 'RSS B/conn', better: 'lower', digits: 0, ratio: true },
     { key: 'heapPerConnection', label: 'heap B/conn', better: 'lower', digits: 0, ratio: true }
-  ])
+  ], ['fastify-websocket', 'ws', 'socket.io'])
 }
 
 async function collectDeliveries (clients: JsonProcess[]): Promise<Map<number, { latency: number, deliveries: number }>> {

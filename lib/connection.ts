@@ -97,7 +97,7 @@ export class Connection implements StabilizedConnection {
   private closeTimer: NodeJS.Timeout | undefined = undefined
   private closedWaiters: Array<() => void> | undefined = undefined
 
-  constructor (id: string, socket: WebSocket, metadata: Record<string, unknown>, remoteAddress: string | undefined, now: number) {
+  constructor (id: string, socket: WebSocket, metadata: Readonly<Record<string, unknown>>, remoteAddress: string | undefined, now: number) {
     this.id = id
     this.socket = socket
     this.metadata = metadata

@@ -3,6 +3,7 @@ import { WebSocket } from 'ws'
 import type { Connection } from './connection.js'
 import type { EncodedMessage } from './message.js'
 import { messageFrame, textPayload } from './protocol.js'
+import { idleTransport, wholeFrame } from './wire.js'
 
 /**
  * Honest counts of one broadcast.
@@ -31,6 +32,7 @@ export interface BroadcastResult {
  */
 export class Outbound {
   private payload: Buffer | undefined = undefined
+  private frame: Buffer | undefined = undefined
   private plainBytes = -1
 
   constructor (readonly encoded: EncodedMessage) {}
@@ -46,6 +48,13 @@ export class Outbound {
     if (connection.replay !== undefined) return this.protocolPayload.length + 30
     if (this.plainBytes < 0) this.plainBytes = byteLength(this.encoded)
     return this.plainBytes
+  }
+
+  /** The plain message as one whole WebSocket frame, built on first need and shared by every plain recipient. */
+  get plainFrame (): Buffer {
+    const { data, binary } = this.encoded
+    this.frame ??= wholeFrame(typeof data === 'string' ? Buffer.from(data) : data, binary)
+    return this.frame
   }
 
   /** What to write to `connection`: the plain message, or the session's next numbered frame (logged for replay). */
@@ -119,8 +128,24 @@ export async function fanOut (
     }
     inTurn++
     if (!gate(connection, message.sizeFor(connection))) result.dropped++
-    else if (writeTo(connection, message.frameFor(connection))) result.sent++
+    else if (deliver(connection, message)) result.sent++
     else result.failed++
   }
   return result
+}
+
+/**
+ * Hands one broadcast to one open recipient: a plain client whose sender is idle gets the
+ * shared whole frame written straight to its transport (one buffer, no per-socket framing);
+ * any other goes through `send()`.
+ */
+function deliver (connection: Connection, message: Outbound): boolean {
+  if (connection.replay === undefined) {
+    const transport = idleTransport(connection.socket)
+    if (transport !== undefined) {
+      transport.write(message.plainFrame)
+      return true
+    }
+  }
+  return writeTo(connection, message.frameFor(connection))
 }

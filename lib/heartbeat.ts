@@ -33,11 +33,12 @@ export interface HeartbeatCounters {
 const rttAlpha = 0.125
 
 /**
- * Pings sent per event-loop turn at most. A tick that has more due (after the loop was busy,
- * e.g. accepting a reconnect storm) continues on the next turn instead of holding the loop:
- * ~256 pings cost 2–4 ms on the development machine (bench/heartbeat.ts).
+ * Milliseconds one turn of the scheduler may spend sending pings. Pings due beyond it wait in
+ * a queue for the next turn (`setImmediate`), so neither a burst of due pings (after the loop
+ * was busy, e.g. accepting a reconnect storm) nor the burst of pongs that answers it holds the
+ * loop for long: a ping write costs ~10–40 µs on 2 cores, so a turn sends a few dozen.
  */
-export const pingsPerTurn = 256
+export const pingBudgetMs = 1
 
 const enum Phase { Idle = 0, PingDue = 1, AwaitingPong = 2, Judging = 3 }
 
@@ -46,8 +47,10 @@ const enum Phase { Idle = 0, PingDue = 1, AwaitingPong = 2, Judging = 3 }
  * node (no allocation per schedule), the phase, and the RTT figures.
  */
 export class HeartbeatState {
+  /** Neighbours in the wheel slot or in the queue of pings to send. */
   next: Connection | null = null
   prev: Connection | null = null
+  /** The wheel slot holding the connection, the queue's index when queued, -1 when in neither. */
   slot = -1
   dueTick = 0
   phase: Phase = Phase.Idle
@@ -78,6 +81,11 @@ export class HeartbeatState {
  * everyone; first pings are jittered over [interval/2, interval] so a mass reconnect does not
  * synchronise them.
  *
+ * A tick has two passes. The first walks every slot that came due and sorts what it finds:
+ * unanswered pings become suspects, due pings join a FIFO queue. The second sends queued pings
+ * for at most `pingBudgetMs` and leaves the rest for the next turn. Deadlines are therefore
+ * judged on time however many pings are waiting, and the pings are sent in small bursts.
+ *
  * No false kills: a tick only marks connections whose deadline passed as suspects. The
  * verdict is given two `setImmediate` hops later, after the poll phase has read whatever was
  * waiting in the socket buffers — so a peer whose pong sat unread while the event loop was
@@ -89,7 +97,11 @@ export class HeartbeatScheduler {
   private readonly interval: number
   private readonly timeout: number
   private readonly host: HeartbeatHost
+  /** The wheel's `slots` lists, then one more: the queue of pings due (its index is `queue`). */
   private readonly wheel: Array<Connection | null>
+  private readonly slots: number
+  private readonly queue: number
+  private queueTail: Connection | null = null
   private readonly epoch = performance.now()
   private processedTick: number
   private timer: NodeJS.Timeout | undefined = undefined
@@ -105,7 +117,9 @@ export class HeartbeatScheduler {
     this.tickMs = Math.max(5, Math.min(50, Math.floor(shortest / 20)))
     // The wheel must span the longest delay it is ever asked to hold, plus catch-up room.
     const longest = Math.max(this.interval, this.timeout)
-    this.wheel = new Array<Connection | null>(Math.ceil(longest / this.tickMs) + 3).fill(null)
+    this.slots = Math.ceil(longest / this.tickMs) + 3
+    this.queue = this.slots
+    this.wheel = new Array<Connection | null>(this.slots + 1).fill(null)
     this.processedTick = this.currentTick()
   }
 
@@ -164,57 +178,64 @@ export class HeartbeatScheduler {
       }
       this.wheel[slot] = null
     }
+    this.queueTail = null
     this.size = 0
   }
 
   /**
-   * Advances the wheel to now, processing every slot that came due (catching up after a
-   * stall), at most `pingsPerTurn` pings per event-loop turn.
+   * Advances the wheel to now (catching up after a stall): sorts every due connection into
+   * suspects and pings to send, then sends pings for at most `pingBudgetMs`.
    */
   tick (): void {
     const started = performance.now()
     this.continuation = undefined
     const target = this.currentTick()
     let suspects: Connection[] | undefined
-    let budget = pingsPerTurn
-    while (this.processedTick < target && budget > 0) {
+    while (this.processedTick < target) {
       const tick = this.processedTick + 1
-      const slot = tick % this.wheel.length
-      let connection = this.wheel[slot]
-      while (connection !== null && budget > 0) {
-        const next = connection.heartbeat.next
-        if (connection.heartbeat.dueTick <= tick) {
+      let connection = this.wheel[tick % this.slots]
+      while (connection !== null) {
+        const state = connection.heartbeat
+        const next = state.next
+        if (state.dueTick <= tick) {
           this.unlink(connection)
-          if (this.fire(connection)) (suspects ??= []).push(connection)
-          else budget--
+          if (state.phase === Phase.AwaitingPong) {
+            // Still unanswered (an answer moves the connection to its next ping).
+            state.phase = Phase.Judging
+            ;(suspects ??= []).push(connection)
+          } else {
+            this.enqueue(connection)
+          }
         }
         connection = next
       }
-      // A slot is done only when it was walked to its end within the budget.
-      if (connection === null) this.processedTick = tick
+      this.processedTick = tick
     }
-    if (this.processedTick < target && !this.stopped) this.continuation ??= setImmediate(() => this.tick())
     if (suspects !== undefined) {
       const judged = suspects
       // Two hops: the first check phase follows this iteration's poll phase, the second one
       // follows one more — any pong that was waiting in a socket buffer has been read by then.
       setImmediate(() => setImmediate(() => this.judge(judged)))
     }
+    let now = started
+    for (let connection = this.wheel[this.queue]; connection !== null; connection = this.wheel[this.queue]) {
+      if (now - started >= pingBudgetMs) {
+        if (!this.stopped) this.continuation ??= setImmediate(() => this.tick())
+        break
+      }
+      this.unlink(connection)
+      this.ping(connection, now)
+      now = performance.now()
+    }
+    // Both passes: sorting a long catch-up counts too.
     const took = performance.now() - started
     if (took > this.counters.longestTickMs) this.counters.longestTickMs = took
   }
 
-  /** Handles one due event; true when the connection is a suspect to judge after pending I/O. */
-  private fire (connection: Connection): boolean {
+  /** Sends a due ping and schedules the connection's next event: the deadline, or the next ping. */
+  private ping (connection: Connection, now: number): void {
+    if (!this.host.sendPing(connection)) return // closing: its close removes it
     const state = connection.heartbeat
-    const now = performance.now()
-    if (state.phase === Phase.AwaitingPong) {
-      // Still unanswered (an answer moves the connection to its next ping).
-      state.phase = Phase.Judging
-      return true
-    }
-    // Phase.PingDue
-    if (!this.host.sendPing(connection)) return false // closing: its close removes it
     this.counters.pingsSent++
     state.pingSentAt = now
     state.awaitingPong = true
@@ -224,7 +245,6 @@ export class HeartbeatScheduler {
     } else {
       this.insert(connection, now + this.interval)
     }
-    return false
   }
 
   private judge (suspects: readonly Connection[]): void {
@@ -260,7 +280,7 @@ export class HeartbeatScheduler {
     }
     const state = connection.heartbeat
     const dueTick = Math.max(this.processedTick + 1, Math.ceil((at - this.epoch) / this.tickMs))
-    const slot = dueTick % this.wheel.length
+    const slot = dueTick % this.slots
     state.dueTick = dueTick
     state.slot = slot
     state.prev = null
@@ -270,8 +290,21 @@ export class HeartbeatScheduler {
     this.size++
   }
 
+  /** Appends a connection whose ping is due to the queue of pings to send. */
+  private enqueue (connection: Connection): void {
+    const state = connection.heartbeat
+    state.slot = this.queue
+    state.next = null
+    state.prev = this.queueTail
+    if (this.queueTail === null) this.wheel[this.queue] = connection
+    else this.queueTail.heartbeat.next = connection
+    this.queueTail = connection
+    this.size++
+  }
+
   private unlink (connection: Connection): void {
     const state = connection.heartbeat
+    if (this.queueTail === connection) this.queueTail = state.prev
     if (state.prev !== null) state.prev.heartbeat.next = state.next
     else this.wheel[state.slot] = state.next
     if (state.next !== null) state.next.heartbeat.prev = state.prev

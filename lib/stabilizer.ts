@@ -14,6 +14,7 @@ import {
   WebSocketStabilizerError
 } from './errors.js'
 import { fanOut, Outbound, transportDestroyed, writeTo, type BroadcastResult, type OutboundGate } from './fanout.js'
+import { sendEmptyPing } from './wire.js'
 import { HeartbeatScheduler, type HeartbeatCounters } from './heartbeat.js'
 import { encodeMessage, type OutboundMessage } from './message.js'
 import type { ResolvedOptions } from './options.js'
@@ -600,7 +601,7 @@ export class Stabilizer {
   }
 
   /** @internal Registers an admitted socket (no limit check: its slot was reserved). */
-  attach (clientId: string, socket: WebSocket, metadata: Record<string, unknown>, remoteAddress: string | undefined, resumeRequest?: ResumeRequest): Connection {
+  attach (clientId: string, socket: WebSocket, metadata: Readonly<Record<string, unknown>>, remoteAddress: string | undefined, resumeRequest?: ResumeRequest): Connection {
     const connection = new Connection(clientId, socket, metadata, remoteAddress, Date.now())
     if (socket.protocol === subprotocol) connection.replay = this.newReplayLog()
     const tracked = socket as TrackedSocket
@@ -731,7 +732,7 @@ export class Stabilizer {
     if (connection.state !== 'open' || connection.socket.readyState !== WebSocket.OPEN) return false
     try {
       if (connection.protocol) connection.socket.send(pingFrame(Date.now()))
-      else if (this.options.heartbeatType === 'ping') connection.socket.ping()
+      else if (this.options.heartbeatType === 'ping') sendEmptyPing(connection.socket)
       else connection.socket.send(this.options.customPing(Date.now()))
       return true
     } catch (err) {

@@ -59,8 +59,20 @@ export const retryAfterShutdownSeconds = 1
  */
 export function defaultIdentify (request: FastifyRequest, tokenClientId?: string): string {
   const clientId = (request.params as Record<string, unknown> | undefined)?.clientId
-  return typeof clientId === 'string' ? clientId : tokenClientId ?? randomUUID()
+  return typeof clientId === 'string' ? clientId : tokenClientId ?? randomId()
 }
+
+/**
+ * A random UUID as one flat string. Node builds `randomUUID()` by concatenating ~20 pieces,
+ * and V8 keeps such a string as a tree of cons-string nodes for as long as it lives: 14 nodes,
+ * 448 bytes per connection in a heap snapshot, where the flat copy takes 56.
+ */
+function randomId (): string {
+  return Buffer.from(randomUUID(), 'latin1').toString('latin1')
+}
+
+/** The metadata of every auto-registered connection: none, shared instead of one `{}` each. */
+const noMetadata: Readonly<Record<string, unknown>> = Object.freeze({})
 
 /**
  * The resume an upgrade request asks for: a token in the `token` query parameter or offered
@@ -179,7 +191,9 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
       rawSocket[kAdmission] = undefined
       rawSocket.removeListener('close', releaseOnClose)
     }
-    const connection = stabilizer.attach(admission.clientId, socket, {}, rawSocket === undefined ? undefined : admission.request.ip, admission.resume)
+    // Settled: the request no longer holds its admission (it lives as long as the socket).
+    ;(raw as AdmittedRequest)[kAdmission] = undefined
+    const connection = stabilizer.attach(admission.clientId, socket, noMetadata, rawSocket === undefined ? undefined : admission.request.ip, admission.resume)
     // The per-IP slot passes to the connection, which releases it when it closes.
     connection.countedIp = admission.ip
     admission.request.wsConnection = connection

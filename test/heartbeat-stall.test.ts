@@ -16,22 +16,27 @@ void t.test('no false kills: 200 live clients survive event-loop stalls of 3× t
   await app.register(stabilizer, { heartbeatInterval: 600, heartbeatTimeout: timeout, onDisconnect: () => { terminated++ } })
   let stallsLeft = 3
   let stallPending = false
-  app.get('/ws', { websocket: true }, (socket) => {
-    // Instrumentation, not a mock: the real ping is sent, then the loop is blocked right after
-    // the scheduler's tick — the peers' pongs arrive while nothing reads them.
-    const ping = socket.ping.bind(socket)
-    socket.ping = (...args: Parameters<typeof socket.ping>) => {
-      ping(...args)
-      if (stallsLeft > 0 && !stallPending) {
-        stallPending = true
-        queueMicrotask(() => {
-          blockEventLoop(3 * timeout)
-          stallsLeft--
-          setTimeout(() => { stallPending = false }, 700)
-        })
-      }
+  app.get('/ws', { websocket: true }, () => {})
+  // Instrumentation, not a mock: the scheduler's real tick runs and sends real pings. After a
+  // tick that sent some, the loop is blocked in the next check phase (setImmediate): the peers'
+  // pongs arrive while nothing reads them, and libuv's next phase is the timers phase, so the
+  // scheduler's next tick runs right after the block, before any poll phase has read those
+  // pongs — the timestamp check the issue warns about. (A block in the timers phase itself
+  // would be followed by a poll phase that reads the pongs first, and prove nothing.)
+  const scheduler = (app.stabilizer as unknown as { heartbeat: { tick: () => void, counters: { pingsSent: number } } }).heartbeat
+  const tick = scheduler.tick.bind(scheduler)
+  scheduler.tick = () => {
+    const sentBefore = scheduler.counters.pingsSent
+    tick()
+    if (scheduler.counters.pingsSent > sentBefore && stallsLeft > 0 && !stallPending) {
+      stallPending = true
+      setImmediate(() => {
+        blockEventLoop(3 * timeout)
+        stallsLeft--
+        setTimeout(() => { stallPending = false }, 700)
+      })
     }
-  })
+  }
   const url = await listen(app)
   const clients = await startClientProcess(`${url}/ws`, 200)
   t.teardown(() => killProcess(clients))

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { HeartbeatScheduler, HeartbeatState, pingsPerTurn, type HeartbeatHost } from '../lib/heartbeat.js'
+import { HeartbeatScheduler, HeartbeatState, pingBudgetMs, type HeartbeatHost } from '../lib/heartbeat.js'
 import type { Connection } from '../lib/connection.js'
 
 // The scheduler only reads a connection's heartbeat state and lifecycle state: plain objects
@@ -195,21 +195,46 @@ void t.test('with a timeout above the interval, silence is still detected at pin
   t.ok(terminated[0].at - pings[0].at >= 1000)
 })
 
-void t.test('a backlog (the loop was busy) is worked off at most pingsPerTurn pings per event-loop turn', async (t) => {
-  t.clock.enter()
-  const { host, pings } = recordingHost()
-  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host)
-  for (const c of connections(1000)) scheduler.add(asConnection(c))
-  const perTurn: number[] = []
+/** Holds the thread for `ms` of real time, as a socket write does. */
+function busy (ms: number): void {
+  const end = performance.now() + ms
+  while (performance.now() < end) { /* a ping write's cost */ }
+}
+
+void t.test('after a stall, due deadlines are judged at once while the backlog of pings goes out over several turns', async (t) => {
+  // Real time: the ping budget is measured in it. Every ping costs 20 µs of the thread.
+  const silent = connections(10)
+  const chatty = connections(1000).map((c, i) => ({ ...c, id: `chatty${i}` }))
+  const isSilent = new Set(silent.map((c) => c.id))
+  const host = recordingHost((connection) => {
+    busy(0.02)
+    if (!isSilent.has(connection.id)) setImmediate(() => scheduler.alive(asConnection(connection), true))
+  })
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host.host)
+  t.teardown(() => scheduler.stop())
+  for (const c of silent) scheduler.add(asConnection(c))
+  // Every silent connection has had its first ping (jittered over [500, 1000] ms).
+  await new Promise((resolve) => setTimeout(resolve, 1000 + 2 * scheduler.tickMs))
+  t.equal(host.pings.length, 10)
+  for (const c of chatty) scheduler.add(asConnection(c))
+  // A stall during which the silent deadlines and every chatty first ping fall due.
+  busy(1100)
+  const turns: Array<{ pings: number, suspects: number }> = []
   const tick = scheduler.tick.bind(scheduler)
-  scheduler.tick = () => { const before = pings.length; tick(); perTurn.push(pings.length - before) }
-  // Every first ping falls due during one long stall.
-  t.clock.advance(1100)
-  for (let i = 0; i < 20 && pings.length < 1000; i++) t.clock.advance(0)
-  t.equal(pings.length, 1000, 'everyone was pinged')
-  t.ok(Math.max(...perTurn) <= pingsPerTurn, `at most ${Math.max(...perTurn)} pings in one turn`)
-  t.ok(perTurn.filter((n) => n > 0).length >= Math.ceil(1000 / pingsPerTurn), 'the backlog took several turns')
-  scheduler.stop()
+  scheduler.tick = () => {
+    const before = host.pings.length
+    tick()
+    const suspects = silent.filter((c) => (c.heartbeat as unknown as { phase: number }).phase === 3 /* judging */).length
+    turns.push({ pings: host.pings.length - before, suspects })
+  }
+  const deadline = Date.now() + 10_000
+  while ((host.pings.length < 1010 || host.terminated.length < 10) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5))
+  t.equal(turns[0].suspects, 10, 'the first turn after the stall made every overdue connection a suspect')
+  t.ok(turns[0].pings < 1000, `and sent only ${turns[0].pings} of the 1 000 due pings (${pingBudgetMs} ms budget)`)
+  t.ok(turns.filter((turn) => turn.pings > 0).length > 1, `the backlog went out over ${turns.filter((turn) => turn.pings > 0).length} turns`)
+  t.equal(host.pings.length, 1010, 'every chatty connection was pinged')
+  t.same(host.terminated.map((x) => x.id).sort(), silent.map((c) => c.id).sort(), 'exactly the silent ones were terminated')
+  t.equal(scheduler.counters.reprieves, 0)
 })
 
 void t.test('a verdict pending when the scheduler stops (shutdown) terminates nobody', async (t) => {
