@@ -183,6 +183,20 @@ void t.test('a timeout above the interval still pings answered peers every inter
   scheduler.stop()
 })
 
+void t.test('with a timeout above the interval, a late answer gets the next ping at once, not at the deadline', async (t) => {
+  t.clock.enter()
+  const [c] = connections(1)
+  const host = recordingHost((conn) => setTimeout(() => scheduler.alive(asConnection(conn), true), 500))
+  const scheduler = new HeartbeatScheduler({ interval: 200, timeout: 1000 }, host.host)
+  scheduler.add(asConnection(c))
+  advance(t, 3000, 1)
+  const gaps = host.pings.slice(1).map((p, i) => p.at - host.pings[i].at)
+  t.ok(gaps.length >= 4, `${host.pings.length} pings`)
+  t.ok(gaps.every((gap) => gap >= 500 && gap <= 500 + scheduler.tickMs + 1), `gaps ${gaps.join(', ')}`)
+  t.equal(host.terminated.length, 0)
+  scheduler.stop()
+})
+
 void t.test('with a timeout above the interval, silence is still detected at ping + timeout', async (t) => {
   t.clock.enter()
   const { host, pings, terminated } = recordingHost()
