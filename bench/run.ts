@@ -96,8 +96,11 @@ async function memory (connections: number): Promise<void> {
     await sleep(500)
     const after = await stack.server.ask({ cmd: 'memory' }) as { rss: number, heapUsed: number, connections: number }
     await stopStack(stack)
-    if (after.connections !== connections) throw new Error(`${contender}: ${after.connections} of ${connections} connected`)
-    return { rssPerConnection: (after.rss - before.rss) / connections, heapPerConnection: (after.heapUsed - before.heapUsed) / connections }
+    // A handshake may fail now and then when thousands connect at once: the figures are per
+    // connection actually held, and a run that lost more than 1 % of them is not a measurement.
+    if (after.connections < connections * 0.99) throw new Error(`${contender}: ${after.connections} of ${connections} connected`)
+    if (after.connections !== connections) console.error(`${contender}: ${after.connections} of ${connections} connected; memory is per connection held`)
+    return { rssPerConnection: (after.rss - before.rss) / after.connections, heapPerConnection: (after.heapUsed - before.heapUsed) / after.connections }
   })
   table(`Memory per idle connection, ${connections} connections (bytes, after GC; baseline: the same server with no client)`, results, [
     { key: 'rssPerConnection', label: 'RSS B/conn', better: 'lower', digits: 0, ratio: true },
