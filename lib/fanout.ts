@@ -3,7 +3,7 @@ import { WebSocket } from 'ws'
 import type { Connection } from './connection.js'
 import type { EncodedMessage } from './message.js'
 import { messageFrame, textPayload } from './protocol.js'
-import { idleTransport, wholeFrame } from './wire.js'
+import { plainFrameTransport, wholeFrame } from './wire.js'
 
 /**
  * Honest counts of one broadcast.
@@ -135,13 +135,13 @@ export async function fanOut (
 }
 
 /**
- * Hands one broadcast to one open recipient: a plain client whose sender is idle gets the
- * shared whole frame written straight to its transport (one buffer, no per-socket framing);
- * any other goes through `send()`.
+ * Hands one broadcast to one open recipient: a plain client without compression whose sender
+ * is idle gets the shared whole frame written straight to its transport (one buffer, no
+ * per-socket framing); any other goes through `send()`.
  */
 function deliver (connection: Connection, message: Outbound): boolean {
   if (connection.replay === undefined) {
-    const transport = idleTransport(connection.socket)
+    const transport = plainFrameTransport(connection.socket)
     if (transport !== undefined) {
       transport.write(message.plainFrame)
       return true

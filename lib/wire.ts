@@ -31,6 +31,8 @@ interface SenderInternals {
   _state?: number
   _queue?: unknown[]
   _firstFragment?: boolean
+  /** The negotiated extensions by name (`permessage-deflate` when compression was agreed). */
+  _extensions?: Record<string, unknown>
 }
 
 /** ws's Sender state when it is neither compressing nor reading a Blob. */
@@ -49,6 +51,17 @@ export function idleTransport (socket: WebSocket): Duplex | undefined {
   const sender = (socket as unknown as { _sender?: SenderInternals })._sender
   if (sender === undefined || sender._state !== SENDER_IDLE || sender._firstFragment !== true || sender._queue?.length !== 0) return undefined
   return sender._socket
+}
+
+/**
+ * The transport a broadcast's shared plain frame may be written to: an idle transport of a
+ * socket that did not negotiate permessage-deflate. Where compression was agreed, `send()`
+ * compresses the message (above ws's threshold), which the shared plain frame would skip.
+ */
+export function plainFrameTransport (socket: WebSocket): Duplex | undefined {
+  const extensions = (socket as unknown as { _sender?: SenderInternals })._sender?._extensions
+  if (extensions === undefined || 'permessage-deflate' in extensions) return undefined
+  return idleTransport(socket)
 }
 
 /** An empty ping, as a server sends it (FIN, opcode 0x9, no payload). */

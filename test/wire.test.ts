@@ -1,7 +1,7 @@
 import t from 'tap'
 import { once } from 'node:events'
 import { createRequire } from 'node:module'
-import { idleTransport, sendEmptyPing, wholeFrame } from '../lib/wire.js'
+import { idleTransport, plainFrameTransport, sendEmptyPing, wholeFrame } from '../lib/wire.js'
 import { pythonWebsocketsMissing, startPythonClient } from './fixtures/python-peer.js'
 import { buildApp, listen, openClient, waitFor, withClients } from './fixtures/server.js'
 
@@ -61,8 +61,26 @@ void t.test('broadcasts keep their order behind a message being compressed', asy
   t.same(got, ['compressed', 'b1', 'b2', 'b3'])
 })
 
+void t.test('with permessage-deflate negotiated, a broadcast is still compressed (the shared plain frame is only for uncompressed sockets)', async (t) => {
+  const app = await buildApp({ compression: true })
+  t.teardown(async () => await app.close())
+  const url = await listen(app)
+  const ws = await openClient(`${url}/ws/c0`, { perMessageDeflate: true })
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  t.equal(plainFrameTransport(app.stabilizer.getConnection('c0')!.socket), undefined, 'no shared plain frame for a compressing socket')
+  const transport = (ws as unknown as { _socket: { bytesRead: number } })._socket
+  const before = transport.bytesRead
+  const big = 'compressible '.repeat(10_000)
+  const received = once(ws, 'message') as Promise<[Buffer]>
+  t.equal((await app.stabilizer.broadcast(big)).sent, 1)
+  t.equal(String((await received)[0]), big)
+  const onTheWire = transport.bytesRead - before
+  t.ok(onTheWire < big.length / 10, `${onTheWire} bytes on the wire for a ${big.length}-byte message`)
+})
+
 void t.test('broadcasts of every header length reach a ws client intact, text and binary', async (t) => {
   const { app, clients: [ws] } = await withClients(t, {}, 'c0')
+  t.ok(plainFrameTransport(app.stabilizer.getConnection('c0')!.socket), 'an uncompressed idle socket takes the shared frame (if this fails, ws changed the internals lib/wire.ts relies on)')
   for (const binary of [false, true]) {
     for (const length of lengths) {
       const payload = payloadOf(length)
