@@ -12,6 +12,16 @@ const payloadOf = (length: number): Buffer => Buffer.from('abcdefghijklmnopqrstu
 // ws's own framing, as the oracle: its Sender is exported at runtime (not in @types/ws).
 const { Sender } = createRequire(import.meta.url)('ws') as { Sender: { frame: (data: Buffer, options: object) => Buffer[] } }
 
+/** An app with compression on and one client, c0, that negotiated permessage-deflate. */
+async function compressingClient (t: { teardown: (fn: () => Promise<void>) => void }): Promise<{ app: Awaited<ReturnType<typeof buildApp>>, ws: Awaited<ReturnType<typeof openClient>> }> {
+  const app = await buildApp({ compression: true })
+  t.teardown(async () => await app.close())
+  const url = await listen(app)
+  const ws = await openClient(`${url}/ws/c0`, { perMessageDeflate: true })
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  return { app, ws }
+}
+
 void t.test('a whole frame is byte for byte what ws frames for a server', async (t) => {
   for (const binary of [false, true]) {
     for (const length of lengths) {
@@ -23,11 +33,7 @@ void t.test('a whole frame is byte for byte what ws frames for a server', async 
 })
 
 void t.test('the installed ws allows the direct write on an idle open socket, and not while its sender is busy', async (t) => {
-  const app = await buildApp({ compression: true })
-  t.teardown(async () => await app.close())
-  const url = await listen(app)
-  await openClient(`${url}/ws/c0`, { perMessageDeflate: true })
-  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  const { app } = await compressingClient(t)
   const socket = app.stabilizer.getConnection('c0')!.socket
   const transport = idleTransport(socket)
   t.ok(transport, 'an idle open socket has a transport (if this fails, ws changed the internals lib/wire.ts relies on)')
@@ -44,11 +50,7 @@ void t.test('the installed ws allows the direct write on an idle open socket, an
 })
 
 void t.test('broadcasts keep their order behind a message being compressed', async (t) => {
-  const app = await buildApp({ compression: true })
-  t.teardown(async () => await app.close())
-  const url = await listen(app)
-  const ws = await openClient(`${url}/ws/c0`, { perMessageDeflate: true })
-  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  const { app, ws } = await compressingClient(t)
   const got: string[] = []
   ws.on('message', (data) => got.push(String(data).slice(0, 10)))
   const big = 'compressed'.repeat(10_000)
@@ -62,11 +64,7 @@ void t.test('broadcasts keep their order behind a message being compressed', asy
 })
 
 void t.test('with permessage-deflate negotiated, a broadcast is still compressed (the shared plain frame is only for uncompressed sockets)', async (t) => {
-  const app = await buildApp({ compression: true })
-  t.teardown(async () => await app.close())
-  const url = await listen(app)
-  const ws = await openClient(`${url}/ws/c0`, { perMessageDeflate: true })
-  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  const { app, ws } = await compressingClient(t)
   t.equal(plainFrameTransport(app.stabilizer.getConnection('c0')!.socket), undefined, 'no shared plain frame for a compressing socket')
   const transport = (ws as unknown as { _socket: { bytesRead: number } })._socket
   const before = transport.bytesRead
