@@ -3,7 +3,9 @@
  * ws's README heartbeat (one sweep over every client per interval) on a raw ws server and on raw
  * @fastify/websocket (the stabilizer's own stack).
  * - CPU per ping/pong: server CPU time over a window / pongs received in it;
- * - longest event-loop stall in the window (monitorEventLoopDelay, 1 ms resolution).
+ * - longest event-loop stall in the window (monitorEventLoopDelay, 1 ms resolution);
+ * - where `perf` works: loop wake-ups per second and reads/writes per ping/pong (kernel
+ *   tracepoints), and instructions per ping/pong (hardware counters, where the machine has them).
  * Server and clients run in separate processes; the controller talks to the server over its
  * stdin/stdout only. Run: npx tsx bench/heartbeat.ts [connections=10000,18000] [rounds=3] [intervalMs=1000]
  * A 50k point needs an open-file limit above 50k for one process; where the hard limit is
@@ -24,22 +26,38 @@ const interval = Number(process.argv[4] ?? 1000)
 const windowMs = interval >= 5000 ? interval : 5 * interval
 const root = fileURLToPath(new URL('..', import.meta.url))
 
-interface Result { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, connections: number, userInstructions: number, kernelInstructions: number }
+interface Result extends PerfCounts { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, connections: number }
 
 /**
- * Instructions retired by a process over `seconds` (user and kernel), counted by `perf stat`:
- * unlike CPU time they hardly move when the machine is shared and noisy. NaN where perf or
- * its counters are not available.
+ * Counts over the window from `perf stat -p <server>`, NaN where perf or a counter is not there:
+ * - instructions retired (user, kernel): unlike CPU time they hardly move when the machine is
+ *   shared and noisy; they need hardware counters, which many virtual machines do not expose;
+ * - system calls, from the kernel's tracepoints (no hardware needed): `epoll_pwait` is one
+ *   wake-up of the event loop; read, write and writev move the frames.
  */
-const perfWorks = spawnSync('perf', ['stat', '-x,', '-e', 'instructions:u', 'true'], { encoding: 'utf8' }).stderr?.includes('instructions') === true
-async function countInstructions (pid: number, seconds: number): Promise<{ user: number, kernel: number }> {
-  if (!perfWorks) return { user: Number.NaN, kernel: Number.NaN }
-  const perf = spawn('perf', ['stat', '-x,', '-e', 'instructions:u,instructions:k', '-p', String(pid), '--', 'sleep', String(seconds)], { stdio: ['ignore', 'ignore', 'pipe'] })
+const perfEvents = {
+  userInstructions: 'instructions:u',
+  kernelInstructions: 'instructions:k',
+  wakeups: 'syscalls:sys_enter_epoll_pwait',
+  reads: 'syscalls:sys_enter_read',
+  writes: 'syscalls:sys_enter_write',
+  writevs: 'syscalls:sys_enter_writev'
+} as const
+type PerfCounts = Record<keyof typeof perfEvents, number>
+const perfWorks = spawnSync('perf', ['stat', '-x,', '-e', perfEvents.wakeups, 'true'], { encoding: 'utf8' }).stderr?.includes(perfEvents.wakeups) === true
+async function countEvents (pid: number, seconds: number): Promise<PerfCounts> {
+  const counts = Object.fromEntries(Object.keys(perfEvents).map((key) => [key, Number.NaN])) as PerfCounts
+  if (!perfWorks) return counts
+  const perf = spawn('perf', ['stat', '-x,', '-e', Object.values(perfEvents).join(','), '-p', String(pid), '--', 'sleep', String(seconds)], { stdio: ['ignore', 'ignore', 'pipe'] })
   let output = ''
   perf.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
   await once(perf, 'close')
-  const count = (event: string): number => Number(/^(\d+),[^,]*,([^,]+)/m.exec(output.split('\n').find((line) => line.includes(`,${event},`)) ?? '')?.[1] ?? Number.NaN)
-  return { user: count('instructions:u'), kernel: count('instructions:k') }
+  for (const line of output.split('\n')) {
+    const [value, , event] = line.split(',')
+    const key = (Object.keys(perfEvents) as Array<keyof typeof perfEvents>).find((name) => perfEvents[name] === event)
+    if (key !== undefined) counts[key] = Number(value) // "<not supported>" gives NaN
+  }
+  return counts
 }
 
 async function measure (contender: string, connections: number): Promise<Result> {
@@ -54,12 +72,9 @@ async function measure (contender: string, connections: number): Promise<Result>
     await new Promise((resolve) => setTimeout(resolve, interval + 2000))
     server.stdin.write('gc\n')
     await next()
-    const instructions = countInstructions(server.pid!, windowMs / 1000)
+    const counts = countEvents(server.pid!, windowMs / 1000)
     server.stdin.write(`measure ${windowMs}\n`)
-    const result = await next() as unknown as Result
-    const { user, kernel } = await instructions
-    result.userInstructions = user
-    result.kernelInstructions = kernel
+    const result = { ...await next(), ...await counts } as unknown as Result
     for (const client of clients) await killProcess(client)
     return result
   } finally {
@@ -71,8 +86,8 @@ async function measure (contender: string, connections: number): Promise<Result>
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
 
 console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, interval ${interval} ms, window ${windowMs} ms, ${rounds} interleaved rounds, medians\n`)
-console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | instructions per ping/pong, user + kernel | ratio vs ws sweep | longest loop stall (ms) | longest heartbeat tick (ms) | pongs in window |')
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | CPU ms per second | instructions per ping/pong, user + kernel | ratio vs ws sweep | loop wake-ups per second | reads / writes per ping/pong | longest loop stall (ms) | longest heartbeat tick (ms) | pongs in window |')
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const size of sizes) {
   const contenders = ['stabilizer', 'ws-sweep', 'fastify-sweep', 'heartbeat-off']
   const runs: Record<string, Result[]> = Object.fromEntries(contenders.map((name) => [name, []]))
@@ -83,8 +98,15 @@ for (const size of sizes) {
   const sweep = median(runs['ws-sweep'].map(perPong))
   const instructionsPerPong = (r: Result): number => (r.userInstructions + r.kernelInstructions) / Math.max(1, r.pongs)
   const sweepInstructions = median(runs['ws-sweep'].map(instructionsPerPong))
+  const perPongOf = (contender: string, count: (r: Result) => number): number => median(runs[contender].map((r) => count(r) / Math.max(1, r.pongs)))
+  // Loop wake-ups (epoll_pwait calls) per second. The stall monitor's 1 ms timer wakes every
+  // contender's loop too: heartbeat-off shows that floor; a sweep's long block swallows some of it.
+  const wakeupsPerSecondOf = (contender: string): string => median(runs[contender].map((r) => r.wakeups / (windowMs / 1000))).toFixed(0)
+  // The whole process's CPU per second of the window: heartbeat-off gives the floor of an idle
+  // server of the stabilizer's stack (the stall monitor included).
+  const cpuPerSecondOf = (contender: string): string => median(runs[contender].map((r) => r.cpuMicros / windowMs)).toFixed(1)
   const stall = (contender: string): string => median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)
-  console.log(`| ${size} | heartbeat-off | — | — | — | — | — | ${stall('heartbeat-off')} | (no heartbeat: the loop's own stalls, GC included) | 0 |`)
+  console.log(`| ${size} | heartbeat-off | — | — | — | ${cpuPerSecondOf('heartbeat-off')} | — | — | ${wakeupsPerSecondOf('heartbeat-off')} | — | ${stall('heartbeat-off')} | (no heartbeat: the loop's own stalls, GC included) | 0 |`)
   for (const contender of ['stabilizer', 'ws-sweep', 'fastify-sweep']) {
     const cpu = median(runs[contender].map(perPong))
     const user = median(runs[contender].map((r) => r.userMicros / Math.max(1, r.pongs)))
@@ -92,7 +114,7 @@ for (const size of sizes) {
     const tick = contender === 'stabilizer' ? median(runs[contender].map((r) => r.longestTickMs ?? 0)).toFixed(1) : '(the sweep is one tick: see the stall)'
     const instructions = median(runs[contender].map(instructionsPerPong))
     const split = `${(median(runs[contender].map((r) => r.userInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k + ${(median(runs[contender].map((r) => r.kernelInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k`
-    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${split} | ${(instructions / sweepInstructions).toFixed(2)}× | ${stall(contender)} | ${tick} | ${median(runs[contender].map((r) => r.pongs))} |`)
+    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${cpuPerSecondOf(contender)} | ${Number.isNaN(instructions) ? 'n/a (no hardware counters)' : split} | ${Number.isNaN(instructions) ? 'n/a' : `${(instructions / sweepInstructions).toFixed(2)}×`} | ${wakeupsPerSecondOf(contender)} | ${perPongOf(contender, (r) => r.reads).toFixed(2)} / ${perPongOf(contender, (r) => r.writes + r.writevs).toFixed(2)} | ${stall(contender)} | ${tick} | ${median(runs[contender].map((r) => r.pongs))} |`)
   }
 }
 
