@@ -101,7 +101,8 @@ for (const size of sizes) {
   const perPongOf = (contender: string, count: (r: Result) => number): number => median(runs[contender].map((r) => count(r) / Math.max(1, r.pongs)))
   // Loop wake-ups (epoll_pwait calls) per second. The stall monitor's 1 ms timer wakes every
   // contender's loop too: heartbeat-off shows that floor; a sweep's long block swallows some of it.
-  const wakeupsPerSecondOf = (contender: string): string => median(runs[contender].map((r) => r.wakeups / (windowMs / 1000))).toFixed(0)
+  const shown = (value: number, digits: number): string => Number.isNaN(value) ? 'n/a' : value.toFixed(digits)
+  const wakeupsPerSecondOf = (contender: string): string => shown(median(runs[contender].map((r) => r.wakeups / (windowMs / 1000))), 0)
   // The whole process's CPU per second of the window: heartbeat-off gives the floor of an idle
   // server of the stabilizer's stack (the stall monitor included).
   const cpuPerSecondOf = (contender: string): string => median(runs[contender].map((r) => r.cpuMicros / windowMs)).toFixed(1)
@@ -114,7 +115,7 @@ for (const size of sizes) {
     const tick = contender === 'stabilizer' ? median(runs[contender].map((r) => r.longestTickMs ?? 0)).toFixed(1) : '(the sweep is one tick: see the stall)'
     const instructions = median(runs[contender].map(instructionsPerPong))
     const split = `${(median(runs[contender].map((r) => r.userInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k + ${(median(runs[contender].map((r) => r.kernelInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k`
-    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${cpuPerSecondOf(contender)} | ${Number.isNaN(instructions) ? 'n/a (no hardware counters)' : split} | ${Number.isNaN(instructions) ? 'n/a' : `${(instructions / sweepInstructions).toFixed(2)}×`} | ${wakeupsPerSecondOf(contender)} | ${perPongOf(contender, (r) => r.reads).toFixed(2)} / ${perPongOf(contender, (r) => r.writes + r.writevs).toFixed(2)} | ${stall(contender)} | ${tick} | ${median(runs[contender].map((r) => r.pongs))} |`)
+    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${cpuPerSecondOf(contender)} | ${Number.isNaN(instructions) ? 'n/a (no hardware counters)' : split} | ${Number.isNaN(instructions) ? 'n/a' : `${(instructions / sweepInstructions).toFixed(2)}×`} | ${wakeupsPerSecondOf(contender)} | ${shown(perPongOf(contender, (r) => r.reads), 2)} / ${shown(perPongOf(contender, (r) => r.writes + r.writevs), 2)} | ${stall(contender)} | ${tick} | ${median(runs[contender].map((r) => r.pongs))} |`)
   }
 }
 
