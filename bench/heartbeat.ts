@@ -3,7 +3,8 @@
  * ws's README heartbeat (one sweep over every client per interval) on a raw ws server and on raw
  * @fastify/websocket (the stabilizer's own stack).
  * - CPU per ping/pong: server CPU time over a window / pongs received in it;
- * - longest event-loop stall in the window (monitorEventLoopDelay, 1 ms resolution);
+ * - longest event-loop stall in a second window (monitorEventLoopDelay, 1 ms resolution: its
+ *   timer would wake the loop 1 000 times a second, so it stays off while CPU is measured);
  * - where `perf` works: loop wake-ups per second and reads/writes per ping/pong (kernel
  *   tracepoints), and instructions per ping/pong (hardware counters, where the machine has them).
  * Server and clients run in separate processes; the controller talks to the server over its
@@ -72,9 +73,15 @@ async function measure (contender: string, connections: number): Promise<Result>
     await new Promise((resolve) => setTimeout(resolve, interval + 2000))
     server.stdin.write('gc\n')
     await next()
+    // Two windows: CPU and system calls without the stall monitor (its 1 ms timer would wake the
+    // loop and batch the pongs for it), then the longest stall and tick with it.
     const counts = countEvents(server.pid!, windowMs / 1000)
-    server.stdin.write(`measure ${windowMs}\n`)
+    server.stdin.write(`measure ${windowMs} cpu\n`)
     const result = { ...await next(), ...await counts } as unknown as Result
+    server.stdin.write(`measure ${windowMs}\n`)
+    const { maxStallMs, longestTickMs } = await next()
+    result.maxStallMs = maxStallMs
+    result.longestTickMs = longestTickMs
     for (const client of clients) await killProcess(client)
     return result
   } finally {
@@ -99,12 +106,11 @@ for (const size of sizes) {
   const instructionsPerPong = (r: Result): number => (r.userInstructions + r.kernelInstructions) / Math.max(1, r.pongs)
   const sweepInstructions = median(runs['ws-sweep'].map(instructionsPerPong))
   const perPongOf = (contender: string, count: (r: Result) => number): number => median(runs[contender].map((r) => count(r) / Math.max(1, r.pongs)))
-  // Loop wake-ups (epoll_pwait calls) per second. The stall monitor's 1 ms timer wakes every
-  // contender's loop too: heartbeat-off shows that floor; a sweep's long block swallows some of it.
+  // Loop wake-ups (epoll_pwait calls) per second, in the window without the stall monitor.
   const shown = (value: number, digits: number): string => Number.isNaN(value) ? 'n/a' : value.toFixed(digits)
   const wakeupsPerSecondOf = (contender: string): string => shown(median(runs[contender].map((r) => r.wakeups / (windowMs / 1000))), 0)
   // The whole process's CPU per second of the window: heartbeat-off gives the floor of an idle
-  // server of the stabilizer's stack (the stall monitor included).
+  // server of the stabilizer's stack.
   const cpuPerSecondOf = (contender: string): string => median(runs[contender].map((r) => r.cpuMicros / windowMs)).toFixed(1)
   const stall = (contender: string): string => median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)
   console.log(`| ${size} | heartbeat-off | — | — | — | ${cpuPerSecondOf('heartbeat-off')} | — | — | ${wakeupsPerSecondOf('heartbeat-off')} | — | ${stall('heartbeat-off')} | (no heartbeat: the loop's own stalls, GC included) | 0 |`)

@@ -34,10 +34,12 @@ function advance (t: { clock: { advance: (ms: number) => void } }, ms: number, s
   for (let elapsed = 0; elapsed < ms; elapsed += step) t.clock.advance(step)
 }
 
-void t.test('first pings are jittered over [interval/2, interval]', async (t) => {
+void t.test('first pings are jittered over the ping batches of [interval/2, interval]', async (t) => {
   t.clock.enter()
   const { host, pings } = recordingHost()
   const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host)
+  const batchMs = scheduler.pingBatchTicks * scheduler.tickMs
+  t.equal(batchMs, 100, 'one batch every interval / 10')
   const start = performance.now()
   for (const c of connections(1000)) scheduler.add(asConnection(c))
   advance(t, 1000 + scheduler.tickMs, 5)
@@ -45,10 +47,31 @@ void t.test('first pings are jittered over [interval/2, interval]', async (t) =>
   const offsets = pings.map((p) => p.at - start)
   t.ok(Math.min(...offsets) >= 500, `earliest ${Math.min(...offsets)} ms`)
   t.ok(Math.max(...offsets) <= 1000 + scheduler.tickMs, `latest ${Math.max(...offsets)} ms`)
-  const perTick = new Map<number, number>()
-  for (const offset of offsets) perTick.set(offset, (perTick.get(offset) ?? 0) + 1)
-  t.ok(perTick.size >= 10, `spread over ${perTick.size} ticks`)
-  t.ok(Math.max(...perTick.values()) < 200, 'no tick pings everyone')
+  const perBatch = new Map<number, number>()
+  for (const offset of offsets) perBatch.set(offset, (perBatch.get(offset) ?? 0) + 1)
+  const moments = [...perBatch.keys()].sort((a, b) => a - b)
+  t.ok(moments.length >= 5, `spread over ${moments.length} batches`)
+  t.ok(moments.slice(1).every((moment, i) => moment - moments[i] === batchMs), `one batch apart: ${moments.join(', ')}`)
+  t.ok(Math.max(...perBatch.values()) < 300, `no batch pings everyone: ${[...perBatch.values()].join(', ')}`)
+  scheduler.stop()
+})
+
+void t.test('a ping is sent with the last batch at or before the moment it is due: never late, at most one batch early', async (t) => {
+  t.clock.enter()
+  const answerAfter = 30
+  const host = recordingHost((conn) => setTimeout(() => scheduler.alive(asConnection(conn), true), answerAfter))
+  // 1 050 ms is not a whole number of 100 ms batches: each ping is due 1 050 ms after the last
+  // and goes out with the batch before, so the gaps are 1 000 ms, one batch early at most.
+  const scheduler = new HeartbeatScheduler({ interval: 1050, timeout: 500 }, host.host)
+  const batchMs = scheduler.pingBatchTicks * scheduler.tickMs
+  t.equal(batchMs, 100)
+  const [c] = connections(1)
+  scheduler.add(asConnection(c))
+  advance(t, 6000, 5)
+  const gaps = host.pings.slice(1).map((p, i) => p.at - host.pings[i].at)
+  t.ok(gaps.length >= 4, `${host.pings.length} pings`)
+  t.ok(gaps.every((gap) => gap <= 1050 && gap > 1050 - batchMs), `gaps ${gaps.join(', ')}`)
+  t.equal(host.terminated.length, 0)
   scheduler.stop()
 })
 
