@@ -293,9 +293,9 @@ export class HeartbeatScheduler {
    * before it (or the next tick, if that batch has passed). Pings due within a batch go out
    * together, in turns of at most `pingBudgetMs`: fewer, larger bursts let the loop read the
    * pongs of one turn between the next turns instead of waking for every few of them, which
-   * halved the CPU per ping/pong at the default interval (bench/README.md). A ping is never
-   * late for batching; at most one batch early, and only the first, since an interval that is a
-   * whole number of batches keeps the following ones on the same batch.
+   * cut the CPU per ping/pong by a third at the default interval (bench/README.md). A ping is
+   * never late for batching, at most one batch early; when the interval is a whole number of
+   * batches, a connection keeps to its batch and its pings are exactly one interval apart.
    */
   private insertPing (connection: Connection, at: number): void {
     const batch = this.pingBatchTicks
