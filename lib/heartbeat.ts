@@ -147,7 +147,7 @@ export class HeartbeatScheduler {
     const first = Math.ceil(this.toTicks(now + this.interval / 2) / this.pingBatchTicks)
     const last = Math.floor(this.toTicks(now + this.interval) / this.pingBatchTicks)
     const batch = first + Math.floor(Math.random() * (last - first + 1))
-    this.insertAt(connection, Math.max(this.processedTick + 1, batch * this.pingBatchTicks))
+    this.insertAt(connection, batch * this.pingBatchTicks)
   }
 
   /** Forgets a connection (it closed). */
@@ -280,12 +280,12 @@ export class HeartbeatScheduler {
   }
 
   private currentTick (): number {
-    return Math.floor((performance.now() - this.epoch) / this.tickMs)
+    return Math.floor(this.toTicks(performance.now()))
   }
 
   /** Puts a connection whose deadline is `at` in the slot of the first tick at or after it (never early). */
   private insertDeadline (connection: Connection, at: number): void {
-    this.insertAt(connection, Math.max(this.processedTick + 1, Math.ceil(this.toTicks(at))))
+    this.insertAt(connection, Math.ceil(this.toTicks(at)))
   }
 
   /**
@@ -300,7 +300,7 @@ export class HeartbeatScheduler {
   private insertPing (connection: Connection, at: number): void {
     const batch = this.pingBatchTicks
     const tick = batch > 1 ? Math.floor(this.toTicks(at) / batch) * batch : Math.ceil(this.toTicks(at))
-    this.insertAt(connection, Math.max(this.processedTick + 1, tick))
+    this.insertAt(connection, tick)
   }
 
   /** The wheel's tick count at a `performance.now()` time (fractional). */
@@ -308,6 +308,7 @@ export class HeartbeatScheduler {
     return (time - this.epoch) / this.tickMs
   }
 
+  /** Puts a connection in the slot of `dueTick`, or of the next tick if that one was processed. */
   private insertAt (connection: Connection, dueTick: number): void {
     if (this.stopped) return
     if (this.timer === undefined) {
@@ -315,8 +316,9 @@ export class HeartbeatScheduler {
       this.processedTick = this.currentTick()
       this.timer = setInterval(() => this.tick(), this.tickMs)
       this.timer.unref()
-      dueTick = Math.max(this.processedTick + 1, dueTick)
     }
+    // Never in a tick already processed: a due time that has passed goes to the next tick.
+    dueTick = Math.max(this.processedTick + 1, dueTick)
     const state = connection.heartbeat
     const slot = dueTick % this.slots
     state.dueTick = dueTick
