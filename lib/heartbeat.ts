@@ -77,7 +77,9 @@ export class HeartbeatState {
 }
 
 /**
- * One scheduler for all connections: a timing wheel of `slots` lists, advanced by one timer.
+ * One scheduler for all connections: a timing wheel of `slots` lists, advanced by one timer
+ * that is set for the next tick whose slot holds a connection (not every tick: empty ticks
+ * are walked over when it fires, in one pass).
  *
  * Each connection sits in exactly one slot: its next event (a ping, or the check of an
  * unanswered ping). A tick costs in proportion to the connections due, never a sweep of
@@ -111,6 +113,13 @@ export class HeartbeatScheduler {
   private readonly epoch = performance.now()
   private processedTick: number
   private timer: NodeJS.Timeout | undefined = undefined
+  /**
+   * The tick the timer is set for: +Infinity when no timer is set, -Infinity while a tick is
+   * under way or its continuation is pending (the turn that empties the queue sets the timer).
+   * No connection is due before it: the ticks before it hold nothing to do.
+   */
+  private timerTick = Number.POSITIVE_INFINITY
+  private readonly onTimer = (): void => { this.tick() }
   private size = 0
   private stopped = false
   private continuation: NodeJS.Immediate | undefined = undefined
@@ -144,6 +153,10 @@ export class HeartbeatScheduler {
     const state = connection.heartbeat
     state.phase = Phase.PingDue
     const now = performance.now()
+    // While the timer waits for a later tick, the ticks before it hold nothing due: count them
+    // as processed up to now, so the new slot is reckoned from a current tick (and the wheel,
+    // one interval long, never wraps around on it).
+    if (Number.isFinite(this.timerTick)) this.processedTick = Math.max(this.processedTick, Math.min(Math.floor(this.toTicks(now)), this.timerTick - 1))
     const first = Math.ceil(this.toTicks(now + this.interval / 2) / this.pingBatchTicks)
     const last = Math.floor(this.toTicks(now + this.interval) / this.pingBatchTicks)
     const batch = first + Math.floor(Math.random() * (last - first + 1))
@@ -202,7 +215,10 @@ export class HeartbeatScheduler {
    */
   tick (): void {
     const started = performance.now()
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
     this.continuation = undefined
+    this.timerTick = Number.NEGATIVE_INFINITY
     const target = this.currentTick()
     let suspects: Connection[] | undefined
     while (this.processedTick < target) {
@@ -241,6 +257,7 @@ export class HeartbeatScheduler {
       this.ping(connection, now)
       now = performance.now()
     }
+    if (this.continuation === undefined) this.setTimerForNextDue()
     // Both passes: sorting a long catch-up counts too.
     const took = performance.now() - started
     if (took > this.counters.longestTickMs) this.counters.longestTickMs = took
@@ -308,15 +325,14 @@ export class HeartbeatScheduler {
     return (time - this.epoch) / this.tickMs
   }
 
-  /** Puts a connection in the slot of `dueTick`, or of the next tick if that one was processed. */
+  /**
+   * Puts a connection in the slot of `dueTick`, or of the next tick if that one was processed,
+   * and brings the timer forward if it is due before the tick the timer is set for.
+   */
   private insertAt (connection: Connection, dueTick: number): void {
     if (this.stopped) return
-    if (this.timer === undefined) {
-      // The timer runs only while something is scheduled.
-      this.processedTick = this.currentTick()
-      this.timer = setInterval(() => this.tick(), this.tickMs)
-      this.timer.unref()
-    }
+    // Nothing scheduled and no timer: the wheel was idle, its ticks start from now.
+    if (this.size === 0 && this.timerTick === Number.POSITIVE_INFINITY) this.processedTick = this.currentTick()
     // Never in a tick already processed: a due time that has passed goes to the next tick.
     dueTick = Math.max(this.processedTick + 1, dueTick)
     const state = connection.heartbeat
@@ -328,6 +344,31 @@ export class HeartbeatScheduler {
     if (state.next !== null) state.next.heartbeat.prev = connection
     this.wheel[slot] = connection
     this.size++
+    if (dueTick < this.timerTick) this.setTimer(dueTick)
+  }
+
+  /**
+   * Sets the timer for the first tick whose slot holds a connection, or none when nothing is
+   * scheduled: the loop wakes only when something may be due, never for an empty tick (an idle
+   * server with a few connections wakes about once per ping, not 20 times a second).
+   */
+  private setTimerForNextDue (): void {
+    if (!this.stopped && this.size > 0) {
+      for (let tick = this.processedTick + 1, end = tick + this.slots; tick < end; tick++) {
+        if (this.wheel[tick % this.slots] !== null) {
+          this.setTimer(tick)
+          return
+        }
+      }
+    }
+    this.stopTimer()
+  }
+
+  private setTimer (tick: number): void {
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timerTick = tick
+    this.timer = setTimeout(this.onTimer, Math.max(0, Math.ceil(this.epoch + tick * this.tickMs - performance.now())))
+    this.timer.unref()
   }
 
   /** Appends a connection whose ping is due to the queue of pings to send. */
@@ -344,19 +385,24 @@ export class HeartbeatScheduler {
 
   private unlink (connection: Connection): void {
     const state = connection.heartbeat
+    const slot = state.slot
     if (this.queueTail === connection) this.queueTail = state.prev
     if (state.prev !== null) state.prev.heartbeat.next = state.next
-    else this.wheel[state.slot] = state.next
+    else this.wheel[slot] = state.next
     if (state.next !== null) state.next.heartbeat.prev = state.prev
     state.next = null
     state.prev = null
     state.slot = -1
     this.size--
+    // The timer waits for the slot just emptied (the last pong of a batch took out its
+    // deadline): set it for the next slot that holds something instead of waking for nothing.
+    if (state.dueTick === this.timerTick && this.wheel[slot] === null) this.setTimerForNextDue()
   }
 
   private stopTimer (): void {
-    if (this.timer !== undefined) clearInterval(this.timer)
+    if (this.timer !== undefined) clearTimeout(this.timer)
     this.timer = undefined
+    this.timerTick = Number.POSITIVE_INFINITY
     if (this.continuation !== undefined) clearImmediate(this.continuation)
     this.continuation = undefined
   }

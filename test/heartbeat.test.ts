@@ -75,6 +75,45 @@ void t.test('a ping is sent with the last batch at or before the moment it is du
   scheduler.stop()
 })
 
+void t.test('the timer wakes the loop only when something is due, not at every tick', async (t) => {
+  t.clock.enter()
+  const host = recordingHost((conn) => setTimeout(() => scheduler.alive(asConnection(conn), true), 20))
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host.host)
+  let ticks = 0
+  const tick = scheduler.tick.bind(scheduler)
+  scheduler.tick = () => { ticks++; tick() }
+  const [c] = connections(1)
+  scheduler.add(asConnection(c))
+  advance(t, 10_000, 5)
+  t.ok(host.pings.length >= 9, `${host.pings.length} pings`)
+  // One wake-up for each ping (the pong took the deadline out and the timer with it), and at
+  // most one more for a timer that fired early by the loop's clock: 400 ticks of 25 ms passed.
+  t.ok(ticks <= 2 * host.pings.length, `${ticks} wake-ups for ${host.pings.length} pings in ${10_000 / scheduler.tickMs} ticks`)
+  scheduler.stop()
+  const before = ticks
+  advance(t, 5000, 50)
+  t.equal(ticks, before, 'none after stop')
+})
+
+void t.test('a connection added while the timer waits for a later tick is pinged in [interval/2, interval]', async (t) => {
+  t.clock.enter()
+  const host = recordingHost((conn) => setTimeout(() => scheduler.alive(asConnection(conn), true), 20))
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host.host)
+  const [early, late] = connections(2)
+  scheduler.add(asConnection(early))
+  // The early connection's ping and deadline are behind: the timer now waits for its next ping.
+  advance(t, 1700, 5)
+  const addedAt = performance.now()
+  scheduler.add(asConnection(late))
+  advance(t, 1200, 5)
+  const latePings = host.pings.filter((p) => p.id === late.id)
+  t.equal(latePings.length, 1)
+  const waited = latePings[0].at - addedAt
+  t.ok(waited >= 500 && waited <= 1000 + scheduler.tickMs, `first ping ${waited} ms after it was added`)
+  t.equal(host.terminated.length, 0)
+  scheduler.stop()
+})
+
 void t.test('an answered ping keeps the connection; the next ping comes an interval after the last', async (t) => {
   t.clock.enter()
   const [c] = connections(1)
