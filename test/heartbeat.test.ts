@@ -273,6 +273,38 @@ function busy (ms: number): void {
   while (performance.now() < end) { /* a ping write's cost */ }
 }
 
+void t.test('connections removed while their ping waits in the queue are never pinged; the rest still are', async (t) => {
+  // Real time: the ping budget is measured in it. Every ping costs 50 µs of the thread, so a
+  // batch goes out over several turns and most of it waits in the queue meanwhile.
+  const all = connections(400)
+  const removed = new Set<string>()
+  let queuedWhenRemoved = 0
+  const pinged = new Set<string>()
+  const host = recordingHost((connection) => {
+    busy(0.05)
+    pinged.add(connection.id)
+    setImmediate(() => scheduler.alive(asConnection(connection), true))
+    if (removed.size > 0) return
+    // The first ping: remove every other connection not pinged yet, queued ones included.
+    for (const [i, c] of all.entries()) {
+      if (i % 2 === 0 || pinged.has(c.id)) continue
+      if (c.heartbeat.dueTick === connection.heartbeat.dueTick) queuedWhenRemoved++
+      scheduler.remove(asConnection(c))
+      removed.add(c.id)
+    }
+  })
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host.host)
+  t.teardown(() => scheduler.stop())
+  for (const c of all) scheduler.add(asConnection(c))
+  await new Promise((resolve) => setTimeout(resolve, 2200))
+  t.ok(queuedWhenRemoved > 0, `${queuedWhenRemoved} of the removed connections were waiting in the queue`)
+  t.notOk(host.pings.some((p) => removed.has(p.id)), 'no removed connection was pinged')
+  const kept = all.filter((c) => !removed.has(c.id))
+  t.ok(kept.every((c) => host.pings.filter((p) => p.id === c.id).length >= 2), 'every other connection was pinged each interval')
+  t.equal(scheduler.scheduled, kept.length)
+  t.equal(host.terminated.length, 0)
+})
+
 void t.test('after a stall, due deadlines are judged at once while the backlog of pings goes out over several turns', async (t) => {
   // Real time: the ping budget is measured in it. Every ping costs 20 µs of the thread.
   const silent = connections(10)
