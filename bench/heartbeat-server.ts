@@ -2,13 +2,16 @@
 //   node --expose-gc --import tsx bench/heartbeat-server.ts <stabilizer|ws-sweep|fastify-sweep|heartbeat-off> INTERVAL_MS
 // Prints {"port"} once listening; on a "measure MS" line from the controller (stdin, never the
 // sockets under test) it measures for MS and prints {"cpuMicros","userMicros","systemMicros",
-// "pongs","maxStallMs","longestTickMs","connections"} (longestTickMs: the stabilizer's own figure);
+// "pongs","maxStallMs","longestTickMs","tickWithoutGcMs","tickWithoutGcCpuMs","tickP99WithoutGcMs",
+// "connections"} (longestTickMs: the stabilizer's own figure; tickWithoutGcMs: the longest tick
+// less the GC pauses within it, tickWithoutGcCpuMs the process's CPU time in that tick, and
+// tickP99WithoutGcMs the 99th percentile of ticks so measured);
 // "measure MS cpu" leaves the stall monitor off (maxStallMs null);
 // on "gc" it runs a full collection and prints {"gc":true}.
 import Fastify from 'fastify'
 import websocket from '@fastify/websocket'
 import { createInterface } from 'node:readline'
-import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
 import { Session } from 'node:inspector/promises'
 import { writeFileSync } from 'node:fs'
 import { WebSocketServer, type WebSocket } from 'ws'
@@ -17,6 +20,11 @@ import stabilizer from '../lib/index.js'
 const [contender = 'stabilizer', intervalArg = '1000'] = process.argv.slice(2)
 const interval = Number(intervalArg)
 let pongs = 0
+/**
+ * While the stall is measured: each heartbeat tick's start and end (ms) and the process's CPU
+ * time in it (µs), in threes (the stabilizer only).
+ */
+let tickSpans: number[] | undefined
 let connections: () => number
 let port: number
 
@@ -37,6 +45,21 @@ if (contender === 'stabilizer' || contender === 'heartbeat-off') {
   // The longest tick within the measuring window, not since start (which includes the burst of
   // connections at the start of a run): the bench resets the scheduler's own figure.
   Object.defineProperty(globalThis, 'resetLongestTick', { value: () => { counters().longestTickMs = 0 } })
+  // Each tick's span and CPU time, so that the GC pauses within a tick, and the time the thread
+  // was not running at all (the machine is shared), can be told apart from its own work.
+  const scheduler = (app.stabilizer as unknown as { heartbeat?: { tick: () => void } }).heartbeat
+  if (scheduler !== undefined) {
+    const tick = scheduler.tick.bind(scheduler)
+    scheduler.tick = () => {
+      if (tickSpans === undefined) return tick()
+      const cpu = process.cpuUsage()
+      const started = performance.now()
+      tick()
+      const ended = performance.now()
+      const { user, system } = process.cpuUsage(cpu)
+      tickSpans.push(started, ended, user + system)
+    }
+  }
 } else {
   // The heartbeat of ws's README: one sweep over every client per interval, on a raw ws server
   // (ws-sweep) or on the stack the stabilizer runs on, raw @fastify/websocket (fastify-sweep):
@@ -73,6 +96,25 @@ if (contender === 'stabilizer' || contender === 'heartbeat-off') {
 
 process.stdout.write(`${JSON.stringify({ port })}\n`)
 const pongCount = (): number => (globalThis as unknown as { pongCount: number }).pongCount
+
+/**
+ * Ticks once the GC pauses that fell within them are taken out: the scheduler's own work (and
+ * any time the thread was not running). `pauses` are the main thread's GC pauses ('gc'
+ * performance entries), as start/end pairs. Returns the longest such tick, the process's CPU
+ * time in it (below its length: the thread was descheduled), and the 99th percentile.
+ */
+function ticksWithoutGc (spans: readonly number[], pauses: readonly number[]): { longestMs: number, longestCpuMs: number, p99Ms: number } {
+  const owns: number[] = []
+  let longest = { ms: 0, cpuMs: 0 }
+  for (let i = 0; i < spans.length; i += 3) {
+    let own = spans[i + 1] - spans[i]
+    for (let j = 0; j < pauses.length; j += 2) own -= Math.max(0, Math.min(spans[i + 1], pauses[j + 1]) - Math.max(spans[i], pauses[j]))
+    owns.push(own)
+    if (own > longest.ms) longest = { ms: own, cpuMs: spans[i + 2] / 1000 }
+  }
+  owns.sort((a, b) => a - b)
+  return { longestMs: longest.ms, longestCpuMs: longest.cpuMs, p99Ms: owns[Math.min(owns.length - 1, Math.floor(owns.length * 0.99))] ?? 0 }
+}
 createInterface({ input: process.stdin }).on('line', (line) => {
   const [command, arg, mode] = line.split(' ')
   if (command === 'count') process.stdout.write(`${JSON.stringify({ connections: connections() })}\n`)
@@ -88,6 +130,10 @@ createInterface({ input: process.stdin }).on('line', (line) => {
   // heartbeat's cost (bench/README.md). The stall is measured in a window of its own.
   const histogram = mode === 'cpu' ? undefined : monitorEventLoopDelay({ resolution: 1 })
   histogram?.enable()
+  const gcPauses: number[] = []
+  const gcObserver = histogram === undefined ? undefined : new PerformanceObserver((entries) => { for (const entry of entries.getEntries()) gcPauses.push(entry.startTime, entry.startTime + entry.duration) })
+  gcObserver?.observe({ entryTypes: ['gc'] })
+  if (histogram !== undefined) tickSpans = []
   // HEARTBEAT_CPU_PROFILE=<dir>: a V8 CPU profile of the window, <dir>/<contender>-<pid>.cpuprofile.
   const profileDir = process.env.HEARTBEAT_CPU_PROFILE
   const profiler = profileDir === undefined ? undefined : new Session()
@@ -105,7 +151,12 @@ createInterface({ input: process.stdin }).on('line', (line) => {
     const cpu = process.cpuUsage(startCpu)
     histogram?.disable()
     const longestTickMs = (globalThis as unknown as { longestTick?: number }).longestTick ?? null
-    process.stdout.write(`${JSON.stringify({ cpuMicros: cpu.user + cpu.system, userMicros: cpu.user, systemMicros: cpu.system, pongs: pongCount() - startPongs, maxStallMs: histogram === undefined ? null : histogram.max / 1e6, longestTickMs, connections: connections() })}\n`)
+    for (const entry of gcObserver?.takeRecords() ?? []) gcPauses.push(entry.startTime, entry.startTime + entry.duration)
+    gcObserver?.disconnect()
+    const spans = tickSpans
+    tickSpans = undefined
+    const withoutGc = spans === undefined || longestTickMs === null ? undefined : ticksWithoutGc(spans, gcPauses)
+    process.stdout.write(`${JSON.stringify({ cpuMicros: cpu.user + cpu.system, userMicros: cpu.user, systemMicros: cpu.system, pongs: pongCount() - startPongs, maxStallMs: histogram === undefined ? null : histogram.max / 1e6, longestTickMs, tickWithoutGcMs: withoutGc?.longestMs ?? null, tickWithoutGcCpuMs: withoutGc?.longestCpuMs ?? null, tickP99WithoutGcMs: withoutGc?.p99Ms ?? null, connections: connections() })}\n`)
     void profiler?.post('Profiler.stop').then(({ profile }) => {
       writeFileSync(`${profileDir!}/${contender}-${process.pid}.cpuprofile`, JSON.stringify(profile))
       profiler.disconnect()

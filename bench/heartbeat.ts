@@ -4,7 +4,10 @@
  * @fastify/websocket (the stabilizer's own stack).
  * - CPU per ping/pong: server CPU time over a window / pongs received in it;
  * - longest event-loop stall in a second window (monitorEventLoopDelay, 1 ms resolution: its
- *   timer would wake the loop 1 000 times a second, so it stays off while CPU is measured);
+ *   timer would wake the loop 1 000 times a second, so it stays off while CPU is measured), and
+ *   the stabilizer's longest tick in it, whole and with the GC pauses within it taken out (with
+ *   the process's CPU time in that tick: less than its length when the thread was descheduled),
+ *   and the 99th percentile of ticks so measured;
  * - where `perf` works: loop wake-ups per second and reads/writes per ping/pong (kernel
  *   tracepoints), and instructions per ping/pong (hardware counters, where the machine has them).
  * Server and clients run in separate processes; the controller talks to the server over its
@@ -27,7 +30,7 @@ const interval = Number(process.argv[4] ?? 1000)
 const windowMs = interval >= 5000 ? interval : 5 * interval
 const root = fileURLToPath(new URL('..', import.meta.url))
 
-interface Result extends PerfCounts { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, connections: number }
+interface Result extends PerfCounts { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, tickWithoutGcMs: number | null, tickWithoutGcCpuMs: number | null, tickP99WithoutGcMs: number | null, connections: number }
 
 /**
  * Counts over the window from `perf stat -p <server>`, NaN where perf or a counter is not there:
@@ -79,9 +82,12 @@ async function measure (contender: string, connections: number): Promise<Result>
     server.stdin.write(`measure ${windowMs} cpu\n`)
     const result = { ...await next(), ...await counts } as unknown as Result
     server.stdin.write(`measure ${windowMs}\n`)
-    const { maxStallMs, longestTickMs } = await next()
-    result.maxStallMs = maxStallMs
-    result.longestTickMs = longestTickMs
+    const stall = await next()
+    result.maxStallMs = stall.maxStallMs
+    result.longestTickMs = stall.longestTickMs
+    result.tickWithoutGcMs = stall.tickWithoutGcMs
+    result.tickWithoutGcCpuMs = stall.tickWithoutGcCpuMs
+    result.tickP99WithoutGcMs = stall.tickP99WithoutGcMs
     for (const client of clients) await killProcess(client)
     return result
   } finally {
@@ -93,8 +99,8 @@ async function measure (contender: string, connections: number): Promise<Result>
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
 
 console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, interval ${interval} ms, window ${windowMs} ms, ${rounds} interleaved rounds, medians\n`)
-console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | CPU ms per second | instructions per ping/pong, user + kernel | ratio vs ws sweep | loop wake-ups per second | reads / writes per ping/pong | longest loop stall (ms) | longest heartbeat tick (ms) | pongs in window |')
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | CPU ms per second | instructions per ping/pong, user + kernel | ratio vs ws sweep | loop wake-ups per second | reads / writes per ping/pong | longest loop stall (ms) | longest heartbeat tick (ms) | without the GC pauses within it: longest (its CPU time) / p99 (ms) | pongs in window |')
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const size of sizes) {
   const contenders = ['stabilizer', 'ws-sweep', 'fastify-sweep', 'heartbeat-off']
   const runs: Record<string, Result[]> = Object.fromEntries(contenders.map((name) => [name, []]))
@@ -113,15 +119,16 @@ for (const size of sizes) {
   // server of the stabilizer's stack.
   const cpuPerSecondOf = (contender: string): string => median(runs[contender].map((r) => r.cpuMicros / windowMs)).toFixed(1)
   const stall = (contender: string): string => median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)
-  console.log(`| ${size} | heartbeat-off | — | — | — | ${cpuPerSecondOf('heartbeat-off')} | — | — | ${wakeupsPerSecondOf('heartbeat-off')} | — | ${stall('heartbeat-off')} | (no heartbeat: the loop's own stalls, GC included) | 0 |`)
+  console.log(`| ${size} | heartbeat-off | — | — | — | ${cpuPerSecondOf('heartbeat-off')} | — | — | ${wakeupsPerSecondOf('heartbeat-off')} | — | ${stall('heartbeat-off')} | (no heartbeat: the loop's own stalls, GC included) | — | 0 |`)
   for (const contender of ['stabilizer', 'ws-sweep', 'fastify-sweep']) {
     const cpu = median(runs[contender].map(perPong))
     const user = median(runs[contender].map((r) => r.userMicros / Math.max(1, r.pongs)))
     const system = median(runs[contender].map((r) => r.systemMicros / Math.max(1, r.pongs)))
     const tick = contender === 'stabilizer' ? median(runs[contender].map((r) => r.longestTickMs ?? 0)).toFixed(1) : '(the sweep is one tick: see the stall)'
+    const ownTick = contender === 'stabilizer' ? `${median(runs[contender].map((r) => r.tickWithoutGcMs ?? 0)).toFixed(1)} (${median(runs[contender].map((r) => r.tickWithoutGcCpuMs ?? 0)).toFixed(1)}) / ${median(runs[contender].map((r) => r.tickP99WithoutGcMs ?? 0)).toFixed(2)}` : '—'
     const instructions = median(runs[contender].map(instructionsPerPong))
     const split = `${(median(runs[contender].map((r) => r.userInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k + ${(median(runs[contender].map((r) => r.kernelInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k`
-    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${cpuPerSecondOf(contender)} | ${Number.isNaN(instructions) ? 'n/a (no hardware counters)' : split} | ${Number.isNaN(instructions) ? 'n/a' : `${(instructions / sweepInstructions).toFixed(2)}×`} | ${wakeupsPerSecondOf(contender)} | ${shown(perPongOf(contender, (r) => r.reads), 2)} / ${shown(perPongOf(contender, (r) => r.writes + r.writevs), 2)} | ${stall(contender)} | ${tick} | ${median(runs[contender].map((r) => r.pongs))} |`)
+    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${cpuPerSecondOf(contender)} | ${Number.isNaN(instructions) ? 'n/a (no hardware counters)' : split} | ${Number.isNaN(instructions) ? 'n/a' : `${(instructions / sweepInstructions).toFixed(2)}×`} | ${wakeupsPerSecondOf(contender)} | ${shown(perPongOf(contender, (r) => r.reads), 2)} / ${shown(perPongOf(contender, (r) => r.writes + r.writevs), 2)} | ${stall(contender)} | ${tick} | ${ownTick} | ${median(runs[contender].map((r) => r.pongs))} |`)
   }
 }
 
