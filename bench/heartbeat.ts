@@ -11,7 +11,8 @@
  * - where `perf` works: loop wake-ups per second and reads/writes per ping/pong (kernel
  *   tracepoints), and instructions per ping/pong (hardware counters, where the machine has them).
  * Server and clients run in separate processes; the controller talks to the server over its
- * stdin/stdout only. Run: npx tsx bench/heartbeat.ts [connections=10000,18000] [rounds=3] [intervalMs=1000]
+ * stdin/stdout only. Servers run with V8's memory reducer off (see `measure`).
+ * Run: npx tsx bench/heartbeat.ts [connections=10000,18000] [rounds=3] [intervalMs=1000]
  * A 50k point needs an open-file limit above 50k for one process; where the hard limit is
  * lower (`ulimit -Hn`), the 50k row measures the scheduler alone (no sockets), see below.
  */
@@ -65,7 +66,11 @@ async function countEvents (pid: number, seconds: number): Promise<PerfCounts> {
 }
 
 async function measure (contender: string, connections: number): Promise<Result> {
-  const server = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/heartbeat-server.ts', contender, String(interval)], { cwd: root, stdio: ['pipe', 'pipe', 'inherit'] })
+  // --no-memory-reducer: after the full GC below, V8's memory reducer would run more full GCs of
+  // an idle heap in the following seconds, landing in the windows at random (measured, 10k idle
+  // connections, heartbeats off: 330 loop wake-ups and 18 ms of CPU a second with it, none
+  // without), as much as the heartbeat's own cost at the default interval.
+  const server = spawn(process.execPath, ['--no-memory-reducer', '--expose-gc', '--import', 'tsx', 'bench/heartbeat-server.ts', contender, String(interval)], { cwd: root, stdio: ['pipe', 'pipe', 'inherit'] })
   const lines = createInterface({ input: server.stdout })[Symbol.asyncIterator]()
   const next = async (): Promise<Record<string, number>> => JSON.parse((await lines.next()).value as string) as Record<string, number>
   try {
@@ -134,5 +139,5 @@ for (const size of sizes) {
 
 // 50k: the scheduler's own cost, without sockets, in its own process (bench/heartbeat-scheduler.ts).
 const fake = 50_000
-const alone = JSON.parse(spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/heartbeat-scheduler.ts', String(fake), String(interval)], { cwd: root, encoding: 'utf8' }).stdout) as Record<string, number>
+const alone = JSON.parse(spawnSync(process.execPath, ['--no-memory-reducer', '--expose-gc', '--import', 'tsx', 'bench/heartbeat-scheduler.ts', String(fake), String(interval)], { cwd: root, encoding: 'utf8' }).stdout) as Record<string, number>
 console.log(`\n${fake} connections, scheduler alone (no sockets: the per-socket ping write is the same for both contenders and is measured above): ${alone.cpuMicrosPerPong.toFixed(2)} µs CPU per ping/pong of scheduling; ticks p50 ${alone.tickP50Ms.toFixed(2)} ms, p99 ${alone.tickP99Ms.toFixed(2)} ms, longest ${alone.longestTickMs.toFixed(2)} ms (${alone.pingsInLongestTick} pings); ${alone.pongs} pongs in ${alone.windowMs} ms.`)
