@@ -1,5 +1,6 @@
 // One heartbeat contender in its own process:
-//   node --expose-gc --import tsx bench/heartbeat-server.ts <stabilizer|ws-sweep|fastify-sweep|heartbeat-off> INTERVAL_MS
+//   node --no-memory-reducer --expose-gc --import tsx bench/heartbeat-server.ts <stabilizer|ws-sweep|fastify-sweep|heartbeat-off> INTERVAL_MS
+// (bench/heartbeat.ts starts it so: without the memory reducer's idle-time GCs in the windows)
 // Prints {"port"} once listening; on a "measure MS" line from the controller (stdin, never the
 // sockets under test) it measures for MS and prints {"cpuMicros","userMicros","systemMicros",
 // "pongs","maxStallMs","longestTickMs","tickWithoutGcMs","tickWithoutGcCpuMs","tickP99WithoutGcMs",

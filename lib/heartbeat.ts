@@ -223,8 +223,8 @@ export class HeartbeatScheduler {
   }
 
   /**
-   * Advances the wheel to now (catching up after a stall): sorts every due connection into
-   * suspects and pings to send, then sends pings for at most `pingBudgetMs`.
+   * Advances the wheel to now (catching up after a stall): makes every unanswered deadline due a
+   * suspect and queues the pings due, then sends queued pings for at most `pingBudgetMs`.
    */
   tick (): void {
     const started = performance.now()
@@ -282,7 +282,7 @@ export class HeartbeatScheduler {
       now = performance.now()
     }
     if (this.continuation === undefined) this.setTimerForNextDue()
-    // Both passes: sorting a long catch-up counts too.
+    // Both passes: walking the deadlines of a long catch-up counts too.
     const took = performance.now() - started
     if (took > this.counters.longestTickMs) this.counters.longestTickMs = took
   }
