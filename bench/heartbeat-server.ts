@@ -3,9 +3,11 @@
 // (bench/heartbeat.ts starts it so: without the memory reducer's idle-time GCs in the windows)
 // Prints {"port"} once listening; on a "measure MS" line from the controller (stdin, never the
 // sockets under test) it measures for MS and prints {"cpuMicros","userMicros","systemMicros",
-// "pongs","maxStallMs","longestTickMs","tickWithoutGcMs","tickWithoutGcCpuMs","tickP99WithoutGcMs",
-// "connections"} (longestTickMs: the stabilizer's own figure; tickWithoutGcMs: the longest tick
-// less the GC pauses within it, tickWithoutGcCpuMs the process's CPU time in that tick, and
+// "pongs","maxStallMs","longestTickMs","tickWithoutGcMs","tickWithoutGcCpuMs","tickWithoutGcPings",
+// "tickP99WithoutGcMs","connections"} (longestTickMs: the stabilizer's own figure;
+// tickWithoutGcMs: the longest tick less the GC pauses within it, tickWithoutGcCpuMs the
+// process's CPU time over that whole tick (GC pauses and helper threads included) and
+// tickWithoutGcPings the pings it sent, and
 // tickP99WithoutGcMs the 99th percentile of ticks so measured);
 // "measure MS cpu" leaves the stall monitor off (maxStallMs null);
 // on "gc" it runs a full collection and prints {"gc":true}.
@@ -22,10 +24,20 @@ const [contender = 'stabilizer', intervalArg = '1000'] = process.argv.slice(2)
 const interval = Number(intervalArg)
 let pongs = 0
 /**
- * While the stall is measured: each heartbeat tick's start and end (ms) and the process's CPU
- * time in it (µs), in threes (the stabilizer only).
+ * While the stall is measured: each heartbeat tick's start and end (ms), the process's CPU
+ * time in it (µs) and the pings it sent, in fours (the stabilizer only).
  */
 let tickSpans: number[] | undefined
+
+/**
+ * The process's CPU time so far, in µs (V8's helper threads included). Node 20 has no per-thread
+ * figure, and Linux's /proc/thread-self/schedstat is no substitute: for a running thread it is
+ * brought up to date only at the scheduler's ticks (it read 4 ms of CPU for 1.4 ms ticks).
+ */
+const cpuMicros = (): number => {
+  const { user, system } = process.cpuUsage()
+  return user + system
+}
 let connections: () => number
 let port: number
 
@@ -46,19 +58,20 @@ if (contender === 'stabilizer' || contender === 'heartbeat-off') {
   // The longest tick within the measuring window, not since start (which includes the burst of
   // connections at the start of a run): the bench resets the scheduler's own figure.
   Object.defineProperty(globalThis, 'resetLongestTick', { value: () => { counters().longestTickMs = 0 } })
-  // Each tick's span and CPU time, so that the GC pauses within a tick, and the time the thread
-  // was not running at all (the machine is shared), can be told apart from its own work.
-  const scheduler = (app.stabilizer as unknown as { heartbeat?: { tick: () => void } }).heartbeat
+  // Each tick's span and the CPU time in it, so that the GC pauses within a tick, and the time
+  // the thread was not running at all (the machine is shared), can be told apart from its own
+  // work.
+  const scheduler = (app.stabilizer as unknown as { heartbeat?: { tick: () => void, counters: { pingsSent: number } } }).heartbeat
   if (scheduler !== undefined) {
     const tick = scheduler.tick.bind(scheduler)
     scheduler.tick = () => {
       if (tickSpans === undefined) return tick()
-      const cpu = process.cpuUsage()
+      const cpu = cpuMicros()
+      const pings = scheduler.counters.pingsSent
       const started = performance.now()
       tick()
       const ended = performance.now()
-      const { user, system } = process.cpuUsage(cpu)
-      tickSpans.push(started, ended, user + system)
+      tickSpans.push(started, ended, cpuMicros() - cpu, scheduler.counters.pingsSent - pings)
     }
   }
 } else {
@@ -102,19 +115,20 @@ const pongCount = (): number => (globalThis as unknown as { pongCount: number })
  * Ticks once the GC pauses that fell within them are taken out: the scheduler's own work (and
  * any time the thread was not running). `pauses` are the main thread's GC pauses ('gc'
  * performance entries), as start/end pairs. Returns the longest such tick, the process's CPU
- * time in it (below its length: the thread was descheduled), and the 99th percentile.
+ * time over its whole span, GC pauses included (below the span: the thread was descheduled),
+ * and its pings, and the 99th percentile.
  */
-function ticksWithoutGc (spans: readonly number[], pauses: readonly number[]): { longestMs: number, longestCpuMs: number, p99Ms: number } {
+function ticksWithoutGc (spans: readonly number[], pauses: readonly number[]): { longestMs: number, longestCpuMs: number, longestPings: number, p99Ms: number } {
   const owns: number[] = []
-  let longest = { ms: 0, cpuMs: 0 }
-  for (let i = 0; i < spans.length; i += 3) {
+  let longest = { ms: 0, cpuMs: 0, pings: 0 }
+  for (let i = 0; i < spans.length; i += 4) {
     let own = spans[i + 1] - spans[i]
     for (let j = 0; j < pauses.length; j += 2) own -= Math.max(0, Math.min(spans[i + 1], pauses[j + 1]) - Math.max(spans[i], pauses[j]))
     owns.push(own)
-    if (own > longest.ms) longest = { ms: own, cpuMs: spans[i + 2] / 1000 }
+    if (own > longest.ms) longest = { ms: own, cpuMs: spans[i + 2] / 1000, pings: spans[i + 3] }
   }
   owns.sort((a, b) => a - b)
-  return { longestMs: longest.ms, longestCpuMs: longest.cpuMs, p99Ms: owns[Math.min(owns.length - 1, Math.floor(owns.length * 0.99))] ?? 0 }
+  return { longestMs: longest.ms, longestCpuMs: longest.cpuMs, longestPings: longest.pings, p99Ms: owns[Math.min(owns.length - 1, Math.floor(owns.length * 0.99))] ?? 0 }
 }
 createInterface({ input: process.stdin }).on('line', (line) => {
   const [command, arg, mode] = line.split(' ')
@@ -157,7 +171,7 @@ createInterface({ input: process.stdin }).on('line', (line) => {
     const spans = tickSpans
     tickSpans = undefined
     const withoutGc = spans === undefined || longestTickMs === null ? undefined : ticksWithoutGc(spans, gcPauses)
-    process.stdout.write(`${JSON.stringify({ cpuMicros: cpu.user + cpu.system, userMicros: cpu.user, systemMicros: cpu.system, pongs: pongCount() - startPongs, maxStallMs: histogram === undefined ? null : histogram.max / 1e6, longestTickMs, tickWithoutGcMs: withoutGc?.longestMs ?? null, tickWithoutGcCpuMs: withoutGc?.longestCpuMs ?? null, tickP99WithoutGcMs: withoutGc?.p99Ms ?? null, connections: connections() })}\n`)
+    process.stdout.write(`${JSON.stringify({ cpuMicros: cpu.user + cpu.system, userMicros: cpu.user, systemMicros: cpu.system, pongs: pongCount() - startPongs, maxStallMs: histogram === undefined ? null : histogram.max / 1e6, longestTickMs, tickWithoutGcMs: withoutGc?.longestMs ?? null, tickWithoutGcCpuMs: withoutGc?.longestCpuMs ?? null, tickWithoutGcPings: withoutGc?.longestPings ?? null, tickP99WithoutGcMs: withoutGc?.p99Ms ?? null, connections: connections() })}\n`)
     void profiler?.post('Profiler.stop').then(({ profile }) => {
       writeFileSync(`${profileDir!}/${contender}-${process.pid}.cpuprofile`, JSON.stringify(profile))
       profiler.disconnect()

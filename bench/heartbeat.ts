@@ -6,7 +6,8 @@
  * - longest event-loop stall in a second window (monitorEventLoopDelay, 1 ms resolution: its
  *   timer would wake the loop 1 000 times a second, so it stays off while CPU is measured), and
  *   the stabilizer's longest tick in it, whole and with the GC pauses within it taken out (with
- *   the process's CPU time in that tick: less than its length when the thread was descheduled),
+ *   the process's CPU time over that whole tick, GC pauses included: less than its length when
+ *   the thread was descheduled; and its pings),
  *   and the 99th percentile of ticks so measured;
  * - where `perf` works: loop wake-ups per second and reads/writes per ping/pong (kernel
  *   tracepoints), and instructions per ping/pong (hardware counters, where the machine has them).
@@ -31,7 +32,7 @@ const interval = Number(process.argv[4] ?? 1000)
 const windowMs = interval >= 5000 ? interval : 5 * interval
 const root = fileURLToPath(new URL('..', import.meta.url))
 
-interface Result extends PerfCounts { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, tickWithoutGcMs: number | null, tickWithoutGcCpuMs: number | null, tickP99WithoutGcMs: number | null, connections: number }
+interface Result extends PerfCounts { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, tickWithoutGcMs: number | null, tickWithoutGcCpuMs: number | null, tickWithoutGcPings: number | null, tickP99WithoutGcMs: number | null, connections: number }
 
 /**
  * Counts over the window from `perf stat -p <server>`, NaN where perf or a counter is not there:
@@ -77,6 +78,12 @@ async function measure (contender: string, connections: number): Promise<Result>
     const { port } = await next()
     const clients = []
     for (let left = connections; left > 0; left -= 9000) clients.push(await startClientProcess(`ws://127.0.0.1:${port}/ws`, Math.min(9000, left)))
+    // HEARTBEAT_PIN=1: the server on the first CPU, the clients on the others (every thread), so
+    // that clients woken by a turn's pings do not take the server's CPU in the middle of a tick.
+    if (process.env.HEARTBEAT_PIN === '1' && os.cpus().length > 1) {
+      spawnSync('taskset', ['-a', '-p', '-c', '0', String(server.pid)])
+      for (const client of clients) spawnSync('taskset', ['-a', '-p', '-c', `1-${os.cpus().length - 1}`, String(client.pid)])
+    }
     // Let every connection have had its first ping (jittered over [interval/2, interval]).
     await new Promise((resolve) => setTimeout(resolve, interval + 2000))
     server.stdin.write('gc\n')
@@ -92,6 +99,7 @@ async function measure (contender: string, connections: number): Promise<Result>
     result.longestTickMs = stall.longestTickMs
     result.tickWithoutGcMs = stall.tickWithoutGcMs
     result.tickWithoutGcCpuMs = stall.tickWithoutGcCpuMs
+    result.tickWithoutGcPings = stall.tickWithoutGcPings
     result.tickP99WithoutGcMs = stall.tickP99WithoutGcMs
     for (const client of clients) await killProcess(client)
     return result
@@ -104,7 +112,7 @@ async function measure (contender: string, connections: number): Promise<Result>
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
 
 console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, interval ${interval} ms, window ${windowMs} ms, ${rounds} interleaved rounds, medians\n`)
-console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | CPU ms per second | instructions per ping/pong, user + kernel | ratio vs ws sweep | loop wake-ups per second | reads / writes per ping/pong | longest loop stall (ms) | longest heartbeat tick (ms) | without the GC pauses within it: longest (its CPU time) / p99 (ms) | pongs in window |')
+console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | CPU ms per second | instructions per ping/pong, user + kernel | ratio vs ws sweep | loop wake-ups per second | reads / writes per ping/pong | longest loop stall (ms) | longest heartbeat tick (ms) | without the GC pauses within it: longest (process CPU over the whole tick, GC included; its pings) / p99 (ms) | pongs in window |')
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const size of sizes) {
   const contenders = ['stabilizer', 'ws-sweep', 'fastify-sweep', 'heartbeat-off']
@@ -130,7 +138,7 @@ for (const size of sizes) {
     const user = median(runs[contender].map((r) => r.userMicros / Math.max(1, r.pongs)))
     const system = median(runs[contender].map((r) => r.systemMicros / Math.max(1, r.pongs)))
     const tick = contender === 'stabilizer' ? median(runs[contender].map((r) => r.longestTickMs ?? 0)).toFixed(1) : '(the sweep is one tick: see the stall)'
-    const ownTick = contender === 'stabilizer' ? `${median(runs[contender].map((r) => r.tickWithoutGcMs ?? 0)).toFixed(1)} (${median(runs[contender].map((r) => r.tickWithoutGcCpuMs ?? 0)).toFixed(1)}) / ${median(runs[contender].map((r) => r.tickP99WithoutGcMs ?? 0)).toFixed(2)}` : '—'
+    const ownTick = contender === 'stabilizer' ? `${median(runs[contender].map((r) => r.tickWithoutGcMs ?? 0)).toFixed(1)} (${median(runs[contender].map((r) => r.tickWithoutGcCpuMs ?? 0)).toFixed(1)}, ${median(runs[contender].map((r) => r.tickWithoutGcPings ?? 0))}) / ${median(runs[contender].map((r) => r.tickP99WithoutGcMs ?? 0)).toFixed(2)}` : '—'
     const instructions = median(runs[contender].map(instructionsPerPong))
     const split = `${(median(runs[contender].map((r) => r.userInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k + ${(median(runs[contender].map((r) => r.kernelInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k`
     console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${cpuPerSecondOf(contender)} | ${Number.isNaN(instructions) ? 'n/a (no hardware counters)' : split} | ${Number.isNaN(instructions) ? 'n/a' : `${(instructions / sweepInstructions).toFixed(2)}×`} | ${wakeupsPerSecondOf(contender)} | ${shown(perPongOf(contender, (r) => r.reads), 2)} / ${shown(perPongOf(contender, (r) => r.writes + r.writevs), 2)} | ${stall(contender)} | ${tick} | ${ownTick} | ${median(runs[contender].map((r) => r.pongs))} |`)
