@@ -31,6 +31,7 @@ const interval = Number(process.argv[4] ?? 1000)
 /** Five intervals, or one when an interval is long (every connection is pinged once in it). */
 const windowMs = interval >= 5000 ? interval : 5 * interval
 const root = fileURLToPath(new URL('..', import.meta.url))
+const pinned = process.env.HEARTBEAT_PIN === '1' && os.cpus().length > 1
 
 interface Result extends PerfCounts { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, tickWithoutGcMs: number | null, tickWithoutGcCpuMs: number | null, tickWithoutGcPings: number | null, tickP99WithoutGcMs: number | null, connections: number }
 
@@ -80,9 +81,11 @@ async function measure (contender: string, connections: number): Promise<Result>
     for (let left = connections; left > 0; left -= 9000) clients.push(await startClientProcess(`ws://127.0.0.1:${port}/ws`, Math.min(9000, left)))
     // HEARTBEAT_PIN=1: the server on the first CPU, the clients on the others (every thread), so
     // that clients woken by a turn's pings do not take the server's CPU in the middle of a tick.
-    if (process.env.HEARTBEAT_PIN === '1' && os.cpus().length > 1) {
-      spawnSync('taskset', ['-a', '-p', '-c', '0', String(server.pid)])
-      for (const client of clients) spawnSync('taskset', ['-a', '-p', '-c', `1-${os.cpus().length - 1}`, String(client.pid)])
+    if (pinned) {
+      const pins = [spawnSync('taskset', ['-a', '-p', '-c', '0', String(server.pid)])]
+      for (const client of clients) pins.push(spawnSync('taskset', ['-a', '-p', '-c', `1-${os.cpus().length - 1}`, String(client.pid)]))
+      const failed = pins.find((pin) => pin.status !== 0)
+      if (failed !== undefined) throw new Error(`HEARTBEAT_PIN: taskset failed: ${failed.error?.message ?? failed.stderr.toString()}`)
     }
     // Let every connection have had its first ping (jittered over [interval/2, interval]).
     await new Promise((resolve) => setTimeout(resolve, interval + 2000))
@@ -111,7 +114,7 @@ async function measure (contender: string, connections: number): Promise<Result>
 
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
 
-console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, interval ${interval} ms, window ${windowMs} ms, ${rounds} interleaved rounds, medians\n`)
+console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, interval ${interval} ms, window ${windowMs} ms, ${rounds} interleaved rounds, medians${pinned ? ', server on CPU 0 and clients on the others' : ''}\n`)
 console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | CPU ms per second | instructions per ping/pong, user + kernel | ratio vs ws sweep | loop wake-ups per second | reads / writes per ping/pong | longest loop stall (ms) | longest heartbeat tick (ms) | without the GC pauses within it: longest (process CPU over the whole tick, GC included; its pings) / p99 (ms) | pongs in window |')
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const size of sizes) {
