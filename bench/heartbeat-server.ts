@@ -28,6 +28,8 @@ let pongs = 0
  * time in it (µs) and the pings it sent, in fours (the stabilizer only).
  */
 let tickSpans: number[] | undefined
+/** Whether this contender has a heartbeat scheduler whose ticks (and GC pauses) are recorded. */
+let recordsTicks = false
 
 /**
  * The process's CPU time so far, in µs (V8's helper threads included). Node 20 has no per-thread
@@ -63,6 +65,7 @@ if (contender === 'stabilizer' || contender === 'heartbeat-off') {
   // work.
   const scheduler = (app.stabilizer as unknown as { heartbeat?: { tick: () => void, counters: { pingsSent: number } } }).heartbeat
   if (scheduler !== undefined) {
+    recordsTicks = true
     const tick = scheduler.tick.bind(scheduler)
     scheduler.tick = () => {
       if (tickSpans === undefined) return tick()
@@ -146,9 +149,10 @@ createInterface({ input: process.stdin }).on('line', (line) => {
   const histogram = mode === 'cpu' ? undefined : monitorEventLoopDelay({ resolution: 1 })
   histogram?.enable()
   const gcPauses: number[] = []
-  const gcObserver = histogram === undefined ? undefined : new PerformanceObserver((entries) => { for (const entry of entries.getEntries()) gcPauses.push(entry.startTime, entry.startTime + entry.duration) })
+  // Only where there are ticks to set them against: the other contenders' windows stay as they were.
+  const gcObserver = histogram === undefined || !recordsTicks ? undefined : new PerformanceObserver((entries) => { for (const entry of entries.getEntries()) gcPauses.push(entry.startTime, entry.startTime + entry.duration) })
   gcObserver?.observe({ entryTypes: ['gc'] })
-  if (histogram !== undefined) tickSpans = []
+  if (gcObserver !== undefined) tickSpans = []
   // HEARTBEAT_CPU_PROFILE=<dir>: a V8 CPU profile of the window, <dir>/<contender>-<pid>.cpuprofile.
   const profileDir = process.env.HEARTBEAT_CPU_PROFILE
   const profiler = profileDir === undefined ? undefined : new Session()

@@ -140,8 +140,9 @@ for (const size of sizes) {
     const cpu = median(runs[contender].map(perPong))
     const user = median(runs[contender].map((r) => r.userMicros / Math.max(1, r.pongs)))
     const system = median(runs[contender].map((r) => r.systemMicros / Math.max(1, r.pongs)))
-    const tick = contender === 'stabilizer' ? median(runs[contender].map((r) => r.longestTickMs ?? 0)).toFixed(1) : '(the sweep is one tick: see the stall)'
-    const ownTick = contender === 'stabilizer' ? `${median(runs[contender].map((r) => r.tickWithoutGcMs ?? 0)).toFixed(1)} (${median(runs[contender].map((r) => r.tickWithoutGcCpuMs ?? 0)).toFixed(1)}, ${median(runs[contender].map((r) => r.tickWithoutGcPings ?? 0))}) / ${median(runs[contender].map((r) => r.tickP99WithoutGcMs ?? 0)).toFixed(2)}` : '—'
+    const tickFigure = (pick: (r: Result) => number | null): number => median(runs[contender].map((r) => pick(r) ?? 0))
+    const tick = contender === 'stabilizer' ? tickFigure((r) => r.longestTickMs).toFixed(1) : '(the sweep is one tick: see the stall)'
+    const ownTick = contender === 'stabilizer' ? `${tickFigure((r) => r.tickWithoutGcMs).toFixed(1)} (${tickFigure((r) => r.tickWithoutGcCpuMs).toFixed(1)}, ${tickFigure((r) => r.tickWithoutGcPings)}) / ${tickFigure((r) => r.tickP99WithoutGcMs).toFixed(2)}` : '—'
     const instructions = median(runs[contender].map(instructionsPerPong))
     const split = `${(median(runs[contender].map((r) => r.userInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k + ${(median(runs[contender].map((r) => r.kernelInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k`
     console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${cpuPerSecondOf(contender)} | ${Number.isNaN(instructions) ? 'n/a (no hardware counters)' : split} | ${Number.isNaN(instructions) ? 'n/a' : `${(instructions / sweepInstructions).toFixed(2)}×`} | ${wakeupsPerSecondOf(contender)} | ${shown(perPongOf(contender, (r) => r.reads), 2)} / ${shown(perPongOf(contender, (r) => r.writes + r.writevs), 2)} | ${stall(contender)} | ${tick} | ${ownTick} | ${median(runs[contender].map((r) => r.pongs))} |`)
