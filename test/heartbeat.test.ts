@@ -34,25 +34,38 @@ function advance (t: { clock: { advance: (ms: number) => void } }, ms: number, s
   for (let elapsed = 0; elapsed < ms; elapsed += step) t.clock.advance(step)
 }
 
-void t.test('first pings are jittered over the ping batches of [interval/2, interval]', async (t) => {
+void t.test('first pings are jittered over the ticks of [interval/2, interval]; later pings go out in batches', async (t) => {
   t.clock.enter()
-  const { host, pings } = recordingHost()
-  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host)
+  const host = recordingHost((conn) => setTimeout(() => scheduler.alive(asConnection(conn), true), 20))
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host.host)
   const batchMs = scheduler.pingBatchTicks * scheduler.tickMs
-  t.equal(batchMs, 100, 'one batch every interval / 10')
+  t.equal(batchMs, 250, 'four batches per interval')
+  const all = connections(1000)
   const start = performance.now()
-  for (const c of connections(1000)) scheduler.add(asConnection(c))
+  for (const c of all) scheduler.add(asConnection(c))
   advance(t, 1000 + scheduler.tickMs, 5)
-  t.equal(pings.length, 1000, 'every connection was pinged once')
-  const offsets = pings.map((p) => p.at - start)
+  t.equal(host.pings.length, 1000, 'every connection was pinged once')
+  const offsets = host.pings.map((p) => p.at - start)
   t.ok(Math.min(...offsets) >= 500, `earliest ${Math.min(...offsets)} ms`)
   t.ok(Math.max(...offsets) <= 1000 + scheduler.tickMs, `latest ${Math.max(...offsets)} ms`)
-  const perBatch = new Map<number, number>()
-  for (const offset of offsets) perBatch.set(offset, (perBatch.get(offset) ?? 0) + 1)
-  const moments = [...perBatch.keys()].sort((a, b) => a - b)
-  t.ok(moments.length >= 5, `spread over ${moments.length} batches`)
-  t.ok(moments.slice(1).every((moment, i) => moment - moments[i] === batchMs), `one batch apart: ${moments.join(', ')}`)
-  t.ok(Math.max(...perBatch.values()) < 300, `no batch pings everyone: ${[...perBatch.values()].join(', ')}`)
+  const perTick = new Map<number, number>()
+  for (const offset of offsets) perTick.set(offset, (perTick.get(offset) ?? 0) + 1)
+  // 21 ticks of 25 ms in [500, 1000]: ~48 first pings each.
+  t.ok(perTick.size >= 18, `spread over ${perTick.size} ticks`)
+  t.ok(Math.max(...perTick.values()) < 120, `no tick pings a crowd: ${[...perTick.values()].join(', ')}`)
+  advance(t, 2200, 5)
+  const byConnection = new Map<string, number[]>()
+  for (const p of host.pings) byConnection.set(p.id, [...(byConnection.get(p.id) ?? []), p.at])
+  const [firstGaps, laterGaps] = [[] as number[], [] as number[]]
+  for (const times of byConnection.values()) {
+    firstGaps.push(times[1] - times[0])
+    for (let i = 2; i < times.length; i++) laterGaps.push(times[i] - times[i - 1])
+  }
+  t.ok(firstGaps.every((gap) => gap <= 1000 && gap > 1000 - batchMs), `second pings never late, at most one batch early: ${Math.min(...firstGaps)}–${Math.max(...firstGaps)} ms`)
+  t.ok(laterGaps.length >= 1000 && laterGaps.every((gap) => gap === 1000), 'then exactly one interval apart')
+  const secondMoments = [...new Set([...byConnection.values()].map((times) => times[1]))].sort((a, b) => a - b)
+  t.ok(secondMoments.length <= 5 && secondMoments.slice(1).every((moment, i) => (moment - secondMoments[i]) % batchMs === 0), `second pings on the batches: ${secondMoments.map((m) => m - start).join(', ')}`)
+  t.equal(host.terminated.length, 0)
   scheduler.stop()
 })
 
@@ -60,17 +73,18 @@ void t.test('a ping is sent with the last batch at or before the moment it is du
   t.clock.enter()
   const answerAfter = 30
   const host = recordingHost((conn) => setTimeout(() => scheduler.alive(asConnection(conn), true), answerAfter))
-  // 1 050 ms is not a whole number of 100 ms batches: each ping is due 1 050 ms after the last
+  // 1 050 ms is not a whole number of 250 ms batches: each ping is due 1 050 ms after the last
   // and goes out with the batch before, so the gaps are 1 000 ms, one batch early at most.
   const scheduler = new HeartbeatScheduler({ interval: 1050, timeout: 500 }, host.host)
   const batchMs = scheduler.pingBatchTicks * scheduler.tickMs
-  t.equal(batchMs, 100)
+  t.equal(batchMs, 250)
   const [c] = connections(1)
   scheduler.add(asConnection(c))
   advance(t, 6000, 5)
   const gaps = host.pings.slice(1).map((p, i) => p.at - host.pings[i].at)
   t.ok(gaps.length >= 4, `${host.pings.length} pings`)
   t.ok(gaps.every((gap) => gap <= 1050 && gap > 1050 - batchMs), `gaps ${gaps.join(', ')}`)
+  t.ok(gaps.slice(1).every((gap) => gap === 1000), 'on the batches: 1 000 ms')
   t.equal(host.terminated.length, 0)
   scheduler.stop()
 })
@@ -118,12 +132,17 @@ void t.test('an answered ping keeps the connection; the next ping comes an inter
   t.clock.enter()
   const [c] = connections(1)
   const host = recordingHost((conn) => setTimeout(() => scheduler.alive(asConnection(conn), true), 30))
-  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 400 }, host.host)
+  // Ticks of 25 ms: the interval is four batches of ten ticks exactly (where it is not, pings
+  // leave with the batch before: the next test).
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host.host)
   scheduler.add(asConnection(c))
   advance(t, 5000, 5)
   t.equal(host.terminated.length, 0)
   t.ok(host.pings.length >= 4, `${host.pings.length} pings in 5 s`)
-  const gaps = host.pings.slice(1).map((p, i) => p.at - host.pings[i].at)
+  const [firstGap, ...gaps] = host.pings.slice(1).map((p, i) => p.at - host.pings[i].at)
+  // The first ping went out at a jittered tick, the second with the batch at or before it was due.
+  const batchMs = scheduler.pingBatchTicks * scheduler.tickMs
+  t.ok(firstGap <= 1000 && firstGap > 1000 - batchMs, `first gap ${firstGap}`)
   t.ok(gaps.every((gap) => gap >= 1000 && gap <= 1000 + 2 * scheduler.tickMs), `gaps ${gaps.join(', ')}`)
   t.equal(c.heartbeat.lastRtt, 30)
   t.equal(c.heartbeat.smoothedRtt, 30)
@@ -246,9 +265,12 @@ for (const { answerAfter, gap, name } of [
     const scheduler = new HeartbeatScheduler({ interval: 200, timeout: 1000 }, host.host)
     scheduler.add(asConnection(c))
     advance(t, 3000, 1)
-    const gaps = host.pings.slice(1).map((p, i) => p.at - host.pings[i].at)
-    // The first ping is jittered into [100, 200] ms; every later one is one gap after the last.
-    t.ok(gaps.length >= Math.floor(3000 / gap) - 2, `${host.pings.length} pings`)
+    const [firstGap, ...gaps] = host.pings.slice(1).map((p, i) => p.at - host.pings[i].at)
+    // The first ping is jittered into [100, 200] ms, and the next one may join the batch before
+    // it was due; every later one is one gap after the last.
+    const batchMs = scheduler.pingBatchTicks * scheduler.tickMs
+    t.ok(firstGap > gap - batchMs && firstGap <= gap + scheduler.tickMs + 1, `first gap ${firstGap}`)
+    t.ok(gaps.length >= Math.floor(3000 / gap) - 3, `${host.pings.length} pings`)
     t.ok(gaps.every((g) => g >= gap && g <= gap + scheduler.tickMs + 1), `gaps ${gaps.join(', ')}`)
     t.equal(host.terminated.length, 0)
     scheduler.stop()
