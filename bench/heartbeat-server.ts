@@ -4,11 +4,12 @@
 // Prints {"port"} once listening; on a "measure MS" line from the controller (stdin, never the
 // sockets under test) it measures for MS and prints {"cpuMicros","userMicros","systemMicros",
 // "pongs","maxStallMs","longestTickMs","tickWithoutGcMs","tickWithoutGcCpuMs","tickWithoutGcPings",
-// "tickP99WithoutGcMs","connections"} (longestTickMs: the stabilizer's own figure;
+// "tickP99WithoutGcMs","batchMs","batchPings","connections"} (longestTickMs: the stabilizer's own figure;
 // tickWithoutGcMs: the longest tick less the GC pauses within it, tickWithoutGcCpuMs the
 // process's CPU time over that whole tick (GC pauses and helper threads included) and
 // tickWithoutGcPings the pings it sent, and
-// tickP99WithoutGcMs the 99th percentile of ticks so measured);
+// tickP99WithoutGcMs the 99th percentile of ticks so measured; batchMs the longest ping batch,
+// from its first turn to its last, and batchPings its pings);
 // "measure MS cpu" leaves the stall monitor off (maxStallMs null);
 // on "gc" it runs a full collection and prints {"gc":true}.
 import Fastify from 'fastify'
@@ -133,6 +134,29 @@ function ticksWithoutGc (spans: readonly number[], pauses: readonly number[]): {
   owns.sort((a, b) => a - b)
   return { longestMs: longest.ms, longestCpuMs: longest.cpuMs, longestPings: longest.pings, p99Ms: owns[Math.min(owns.length - 1, Math.floor(owns.length * 0.99))] ?? 0 }
 }
+/**
+ * The longest ping batch: a run of ticks that sent pings, each starting less than `gapMs` after
+ * the one before ended (a batch's turns follow each other within a turn of the loop; batches
+ * are a quarter interval apart). Returns the time from its first turn's start to its last
+ * turn's end and its pings: how long the last ping of a batch waits for its turn.
+ */
+function longestBatch (spans: readonly number[], gapMs: number): { ms: number, pings: number } {
+  let longest = { ms: 0, pings: 0 }
+  let start = Number.NaN
+  let end = Number.NEGATIVE_INFINITY
+  let pings = 0
+  for (let i = 0; i < spans.length; i += 4) {
+    if (spans[i + 3] === 0) continue
+    if (spans[i] - end >= gapMs) {
+      start = spans[i]
+      pings = 0
+    }
+    end = spans[i + 1]
+    pings += spans[i + 3]
+    if (end - start > longest.ms) longest = { ms: end - start, pings }
+  }
+  return longest
+}
 createInterface({ input: process.stdin }).on('line', (line) => {
   const [command, arg, mode] = line.split(' ')
   if (command === 'count') process.stdout.write(`${JSON.stringify({ connections: connections() })}\n`)
@@ -175,7 +199,8 @@ createInterface({ input: process.stdin }).on('line', (line) => {
     const spans = tickSpans
     tickSpans = undefined
     const withoutGc = spans === undefined || longestTickMs === null ? undefined : ticksWithoutGc(spans, gcPauses)
-    process.stdout.write(`${JSON.stringify({ cpuMicros: cpu.user + cpu.system, userMicros: cpu.user, systemMicros: cpu.system, pongs: pongCount() - startPongs, maxStallMs: histogram === undefined ? null : histogram.max / 1e6, longestTickMs, tickWithoutGcMs: withoutGc?.longestMs ?? null, tickWithoutGcCpuMs: withoutGc?.longestCpuMs ?? null, tickWithoutGcPings: withoutGc?.longestPings ?? null, tickP99WithoutGcMs: withoutGc?.p99Ms ?? null, connections: connections() })}\n`)
+    const batch = spans === undefined ? undefined : longestBatch(spans, Math.max(20, interval / 20))
+    process.stdout.write(`${JSON.stringify({ cpuMicros: cpu.user + cpu.system, userMicros: cpu.user, systemMicros: cpu.system, pongs: pongCount() - startPongs, maxStallMs: histogram === undefined ? null : histogram.max / 1e6, longestTickMs, tickWithoutGcMs: withoutGc?.longestMs ?? null, tickWithoutGcCpuMs: withoutGc?.longestCpuMs ?? null, tickWithoutGcPings: withoutGc?.longestPings ?? null, tickP99WithoutGcMs: withoutGc?.p99Ms ?? null, batchMs: batch?.ms ?? null, batchPings: batch?.pings ?? null, connections: connections() })}\n`)
     void profiler?.post('Profiler.stop').then(({ profile }) => {
       writeFileSync(`${profileDir!}/${contender}-${process.pid}.cpuprofile`, JSON.stringify(profile))
       profiler.disconnect()

@@ -19,6 +19,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
+import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
@@ -33,7 +34,7 @@ const windowMs = interval >= 5000 ? interval : 5 * interval
 const root = fileURLToPath(new URL('..', import.meta.url))
 const pinned = process.env.HEARTBEAT_PIN === '1' && os.cpus().length > 1
 
-interface Result extends PerfCounts { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, tickWithoutGcMs: number | null, tickWithoutGcCpuMs: number | null, tickWithoutGcPings: number | null, tickP99WithoutGcMs: number | null, connections: number }
+interface Result extends PerfCounts { cpuMicros: number, userMicros: number, systemMicros: number, pongs: number, maxStallMs: number, longestTickMs: number | null, tickWithoutGcMs: number | null, tickWithoutGcCpuMs: number | null, tickWithoutGcPings: number | null, tickP99WithoutGcMs: number | null, batchMs: number | null, batchPings: number | null, stealMs: number, connections: number }
 
 /**
  * Counts over the window from `perf stat -p <server>`, NaN where perf or a counter is not there:
@@ -67,6 +68,21 @@ async function countEvents (pid: number, seconds: number): Promise<PerfCounts> {
   return counts
 }
 
+/**
+ * The machine's steal time so far, in ms (all CPUs): time the hypervisor ran something else while
+ * this virtual machine had work. Read around each window, it tells a round taken on a shared host
+ * in a busy moment (one run of the seventh session had 0.5 s of steal and a 750 ms stall in two
+ * contenders' windows) from one that measured the code. NaN where /proc/stat has no such field.
+ */
+function stealMs (): number {
+  try {
+    const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/)
+    return Number(fields[8]) * 1000 / 100 // USER_HZ: 100 on Linux
+  } catch {
+    return Number.NaN
+  }
+}
+
 async function measure (contender: string, connections: number): Promise<Result> {
   // --no-memory-reducer: after the full GC below, V8's memory reducer would run more full GCs of
   // an idle heap in the following seconds, landing in the windows at random (measured, 10k idle
@@ -94,16 +110,20 @@ async function measure (contender: string, connections: number): Promise<Result>
     // Two windows: CPU and system calls without the stall monitor (its 1 ms timer would wake the
     // loop and batch the pongs for it), then the longest stall and tick with it.
     const counts = countEvents(server.pid!, windowMs / 1000)
+    const stealBefore = stealMs()
     server.stdin.write(`measure ${windowMs} cpu\n`)
     const result = { ...await next(), ...await counts } as unknown as Result
     server.stdin.write(`measure ${windowMs}\n`)
     const stall = await next()
+    result.stealMs = stealMs() - stealBefore
     result.maxStallMs = stall.maxStallMs
     result.longestTickMs = stall.longestTickMs
     result.tickWithoutGcMs = stall.tickWithoutGcMs
     result.tickWithoutGcCpuMs = stall.tickWithoutGcCpuMs
     result.tickWithoutGcPings = stall.tickWithoutGcPings
     result.tickP99WithoutGcMs = stall.tickP99WithoutGcMs
+    result.batchMs = stall.batchMs
+    result.batchPings = stall.batchPings
     for (const client of clients) await killProcess(client)
     return result
   } finally {
@@ -115,8 +135,10 @@ async function measure (contender: string, connections: number): Promise<Result>
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
 
 console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, interval ${interval} ms, window ${windowMs} ms, ${rounds} interleaved rounds, medians${pinned ? ', server on CPU 0 and clients on the others' : ''}\n`)
-console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | CPU ms per second | instructions per ping/pong, user + kernel | ratio vs ws sweep | loop wake-ups per second | reads / writes per ping/pong | longest loop stall (ms) | longest heartbeat tick (ms) | without the GC pauses within it: longest (process CPU over the whole tick, GC included; its pings) / p99 (ms) | pongs in window |')
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | CPU ms per second | instructions per ping/pong, user + kernel | ratio vs ws sweep | loop wake-ups per second | reads / writes per ping/pong | longest loop stall (ms) | longest heartbeat tick (ms) | without the GC pauses within it: longest (process CPU over the whole tick, GC included; its pings) / p99 (ms) | longest ping batch, first turn to last (ms; its pings) | pongs in window |')
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+/** Each round's figure, so that a round taken while the host was busy (steal time) shows. */
+const roundLines: string[] = []
 for (const size of sizes) {
   const contenders = ['stabilizer', 'ws-sweep', 'fastify-sweep', 'heartbeat-off']
   const runs: Record<string, Result[]> = Object.fromEntries(contenders.map((name) => [name, []]))
@@ -125,6 +147,7 @@ for (const size of sizes) {
   }
   const perPong = (r: Result): number => r.cpuMicros / Math.max(1, r.pongs)
   const sweep = median(runs['ws-sweep'].map(perPong))
+  roundLines.push(`- ${size}: ${contenders.map((contender) => `${contender} ${runs[contender].map((r) => `${contender === 'heartbeat-off' ? `${(r.cpuMicros / windowMs).toFixed(1)} ms/s` : perPong(r).toFixed(2)} (${Number.isNaN(r.stealMs) ? 'n/a' : r.stealMs.toFixed(0)})`).join(', ')}`).join('; ')}`)
   const instructionsPerPong = (r: Result): number => (r.userInstructions + r.kernelInstructions) / Math.max(1, r.pongs)
   const sweepInstructions = median(runs['ws-sweep'].map(instructionsPerPong))
   const perPongOf = (contender: string, count: (r: Result) => number): number => median(runs[contender].map((r) => count(r) / Math.max(1, r.pongs)))
@@ -135,19 +158,23 @@ for (const size of sizes) {
   // server of the stabilizer's stack.
   const cpuPerSecondOf = (contender: string): string => median(runs[contender].map((r) => r.cpuMicros / windowMs)).toFixed(1)
   const stall = (contender: string): string => median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)
-  console.log(`| ${size} | heartbeat-off | — | — | — | ${cpuPerSecondOf('heartbeat-off')} | — | — | ${wakeupsPerSecondOf('heartbeat-off')} | — | ${stall('heartbeat-off')} | (no heartbeat: the loop's own stalls, GC included) | — | 0 |`)
+  console.log(`| ${size} | heartbeat-off | — | — | — | ${cpuPerSecondOf('heartbeat-off')} | — | — | ${wakeupsPerSecondOf('heartbeat-off')} | — | ${stall('heartbeat-off')} | (no heartbeat: the loop's own stalls, GC included) | — | — | 0 |`)
   for (const contender of ['stabilizer', 'ws-sweep', 'fastify-sweep']) {
     const cpu = median(runs[contender].map(perPong))
     const user = median(runs[contender].map((r) => r.userMicros / Math.max(1, r.pongs)))
     const system = median(runs[contender].map((r) => r.systemMicros / Math.max(1, r.pongs)))
     const tickFigure = (pick: (r: Result) => number | null): number => median(runs[contender].map((r) => pick(r) ?? 0))
     const tick = contender === 'stabilizer' ? tickFigure((r) => r.longestTickMs).toFixed(1) : '(the sweep is one tick: see the stall)'
+    const batch = contender === 'stabilizer' ? `${tickFigure((r) => r.batchMs).toFixed(1)} (${tickFigure((r) => r.batchPings)})` : '—'
     const ownTick = contender === 'stabilizer' ? `${tickFigure((r) => r.tickWithoutGcMs).toFixed(1)} (${tickFigure((r) => r.tickWithoutGcCpuMs).toFixed(1)}, ${tickFigure((r) => r.tickWithoutGcPings)}) / ${tickFigure((r) => r.tickP99WithoutGcMs).toFixed(2)}` : '—'
     const instructions = median(runs[contender].map(instructionsPerPong))
     const split = `${(median(runs[contender].map((r) => r.userInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k + ${(median(runs[contender].map((r) => r.kernelInstructions / Math.max(1, r.pongs))) / 1000).toFixed(1)}k`
-    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${cpuPerSecondOf(contender)} | ${Number.isNaN(instructions) ? 'n/a (no hardware counters)' : split} | ${Number.isNaN(instructions) ? 'n/a' : `${(instructions / sweepInstructions).toFixed(2)}×`} | ${wakeupsPerSecondOf(contender)} | ${shown(perPongOf(contender, (r) => r.reads), 2)} / ${shown(perPongOf(contender, (r) => r.writes + r.writevs), 2)} | ${stall(contender)} | ${tick} | ${ownTick} | ${median(runs[contender].map((r) => r.pongs))} |`)
+    console.log(`| ${size} | ${contender} | ${cpu.toFixed(2)} | ${(cpu / sweep).toFixed(2)}× | ${user.toFixed(2)} / ${system.toFixed(2)} | ${cpuPerSecondOf(contender)} | ${Number.isNaN(instructions) ? 'n/a (no hardware counters)' : split} | ${Number.isNaN(instructions) ? 'n/a' : `${(instructions / sweepInstructions).toFixed(2)}×`} | ${wakeupsPerSecondOf(contender)} | ${shown(perPongOf(contender, (r) => r.reads), 2)} / ${shown(perPongOf(contender, (r) => r.writes + r.writevs), 2)} | ${stall(contender)} | ${tick} | ${ownTick} | ${batch} | ${median(runs[contender].map((r) => r.pongs))} |`)
   }
 }
+
+console.log('\nRounds: CPU µs per ping/pong (heartbeat-off: ms of CPU per second), and in brackets the machine\'s steal time over the round\'s two windows in ms (time the hypervisor gave this VM\'s CPUs to others):')
+for (const line of roundLines) console.log(line)
 
 // 50k: the scheduler's own cost, without sockets, in its own process (bench/heartbeat-scheduler.ts).
 const fake = 50_000
