@@ -71,8 +71,9 @@ async function countEvents (pid: number, seconds: number): Promise<PerfCounts> {
 /**
  * The machine's steal time so far, in ms (all CPUs): time the hypervisor ran something else while
  * this virtual machine had work. Read around each window, it tells a round taken on a shared host
- * in a busy moment (one run of the seventh session had 0.5 s of steal and a 750 ms stall in two
- * contenders' windows) from one that measured the code. NaN where /proc/stat has no such field.
+ * in a busy moment from one that measured the code (a run of the seventh session showed a 754 ms
+ * stall in two contenders' windows while the machine's steal counter went from 11 s to 557 s).
+ * NaN where /proc/stat has no such field.
  */
 function stealMs (): number {
   try {
