@@ -4,12 +4,12 @@
 // Prints {"port"} once listening; on a "measure MS" line from the controller (stdin, never the
 // sockets under test) it measures for MS and prints {"cpuMicros","userMicros","systemMicros",
 // "pongs","maxStallMs","longestTickMs","tickWithoutGcMs","tickWithoutGcCpuMs","tickWithoutGcPings",
-// "tickP99WithoutGcMs","batchMs","batchPings","connections"} (longestTickMs: the stabilizer's own figure;
-// tickWithoutGcMs: the longest tick less the GC pauses within it, tickWithoutGcCpuMs the
-// process's CPU time over that whole tick (GC pauses and helper threads included) and
-// tickWithoutGcPings the pings it sent, and
-// tickP99WithoutGcMs the 99th percentile of ticks so measured; batchMs the longest ping batch,
-// from its first turn to its last, and batchPings its pings);
+// "tickP99WithoutGcMs","batchMs","batchPings","connections"}:
+// - longestTickMs: the stabilizer's own figure;
+// - tickWithoutGcMs: the longest tick less the GC pauses within it, tickWithoutGcCpuMs the
+//   process's CPU time over that whole tick (GC pauses and helper threads included),
+//   tickWithoutGcPings the pings it sent, tickP99WithoutGcMs the 99th percentile of ticks;
+// - batchMs: the longest ping batch, from its first turn to its last, batchPings its pings;
 // "measure MS cpu" leaves the stall monitor off (maxStallMs null);
 // on "gc" it runs a full collection and prints {"gc":true}.
 import Fastify from 'fastify'

@@ -8,7 +8,8 @@
  *   the stabilizer's longest tick in it, whole and with the GC pauses within it taken out (with
  *   the process's CPU time over that whole tick, GC pauses included: less than its length when
  *   the thread was descheduled; and its pings),
- *   and the 99th percentile of ticks so measured;
+ *   and the 99th percentile of ticks so measured; the longest ping batch, first turn to last;
+ * - each round's CPU per ping/pong with the machine's steal time over its windows;
  * - where `perf` works: loop wake-ups per second and reads/writes per ping/pong (kernel
  *   tracepoints), and instructions per ping/pong (hardware counters, where the machine has them).
  * Server and clients run in separate processes; the controller talks to the server over its
@@ -148,7 +149,11 @@ for (const size of sizes) {
   }
   const perPong = (r: Result): number => r.cpuMicros / Math.max(1, r.pongs)
   const sweep = median(runs['ws-sweep'].map(perPong))
-  roundLines.push(`- ${size}: ${contenders.map((contender) => `${contender} ${runs[contender].map((r) => `${contender === 'heartbeat-off' ? `${(r.cpuMicros / windowMs).toFixed(1)} ms/s` : perPong(r).toFixed(2)} (${Number.isNaN(r.stealMs) ? 'n/a' : r.stealMs.toFixed(0)})`).join(', ')}`).join('; ')}`)
+  const roundFigure = (contender: string, r: Result): string => {
+    const cpu = contender === 'heartbeat-off' ? `${(r.cpuMicros / windowMs).toFixed(1)} ms/s` : perPong(r).toFixed(2)
+    return `${cpu} (${Number.isNaN(r.stealMs) ? 'n/a' : r.stealMs.toFixed(0)})`
+  }
+  roundLines.push(`- ${size}: ${contenders.map((contender) => `${contender} ${runs[contender].map((r) => roundFigure(contender, r)).join(', ')}`).join('; ')}`)
   const instructionsPerPong = (r: Result): number => (r.userInstructions + r.kernelInstructions) / Math.max(1, r.pongs)
   const sweepInstructions = median(runs['ws-sweep'].map(instructionsPerPong))
   const perPongOf = (contender: string, count: (r: Result) => number): number => median(runs[contender].map((r) => count(r) / Math.max(1, r.pongs)))
