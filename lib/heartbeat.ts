@@ -41,30 +41,45 @@ const rttAlpha = 0.125
 export const pingBudgetMs = 1
 
 /**
- * Pings go out in batches, this many per interval (see `insertPing`). A batch costs a fixed
- * amount beyond its pings (the loop's wake-ups while the last pongs trickle back, code and data
- * gone cold since the batch before), so fewer, larger batches cost less per ping/pong: at 10k
- * connections and the default interval, 4 or 5 batches per interval took 9–10 % off the CPU of
- * 10 in the same runs (bench/README.md). A batch is still sent in turns of `pingBudgetMs`, so
- * its size never shows as a stall.
+ * Pings go out in batches, this many per interval. A batch costs a fixed amount beyond its
+ * pings (the loop's wake-ups while the last pongs trickle back, code and data gone cold since
+ * the batch before), so fewer, larger batches cost less per ping/pong: at 10k connections and
+ * the default interval, 4 or 5 batches per interval took 9–10 % off the CPU of 10 in the same
+ * runs (bench/README.md). A batch is still sent in turns of `pingBudgetMs`, so its size never
+ * shows as a stall.
  */
 const pingBatchesPerInterval = 4
 
+/**
+ * Connections whose member indices are this many in a row share a batch. A batch is sent in
+ * index order, and indices are handed out in the order connections arrive, the order their
+ * objects were allocated in: a batch walks runs of neighbours in memory, as one sweep over
+ * every client does, where a batch in the order its pongs had arrived missed the caches at
+ * every socket. At 10k connections and a 1 s interval this took the CPU per ping/pong from
+ * 24.7–32.0 µs to 22.8–23.4 µs (4 interleaved runs; the ws sweep 20.3–25.3, bench/README.md).
+ * Freed indices are handed out again first, so under churn the order is only partly kept.
+ */
+const batchRunLength = 256
+
 const enum Phase { Idle = 0, PingDue = 1, AwaitingPong = 2, Judging = 3 }
+
+/** `HeartbeatState.slot` of a connection whose ping waits in the queue of pings due. */
+const inQueue = -2
 
 /**
  * Per-connection heartbeat state, kept on the connection object itself: an intrusive list
- * node (no allocation per schedule), the phase, and the RTT figures.
+ * node (no allocation per schedule), its place in the scheduler, the phase, and the RTT figures.
  */
 export class HeartbeatState {
-  /** Neighbours in the wheel's list or in the queue of pings to send. */
+  /** Neighbours in the wheel's list or in the queue of pings due. */
   next: Connection | null = null
   prev: Connection | null = null
-  /**
-   * The wheel's list holding the connection, -1 when in none. A queued connection keeps the
-   * index of the ping list it came from (a due list joins the queue whole, untouched).
-   */
+  /** The wheel's list holding the connection, `inQueue`, or -1 when in neither. */
   slot = -1
+  /** The batch set holding the connection's next ping, -1 when in none. */
+  batch = -1
+  /** The connection's index in the scheduler's member table, -1 when not scheduled. */
+  index = -1
   dueTick = 0
   phase: Phase = Phase.Idle
   awaitingPong = false
@@ -87,24 +102,27 @@ export class HeartbeatState {
 }
 
 /**
- * One scheduler for all connections: a timing wheel of `slots` slots, each with a list of
- * deadlines and a list of pings, advanced by one timer that is set for the next tick whose slot
- * holds a connection (not every tick: empty ticks are walked over when it fires, in one pass).
+ * One scheduler for all connections: a timing wheel of `slots` lists of events (deadlines, and
+ * pings that are not on a batch) and a small ring of batch sets (the pings of one batch tick,
+ * as bits of a bitset over member indices), advanced by one timer that is set for the next tick
+ * that holds something (not every tick: empty ticks are walked over when it fires, in one pass).
  *
- * Each connection sits in exactly one list: its next event (a ping, or the check of an
+ * Each connection is in exactly one place: its next event (a ping, or the check of an
  * unanswered ping). A tick costs in proportion to the connections due, never a sweep of
- * everyone; first pings are jittered over the ticks of [interval/2, interval] so a mass
- * reconnect does not synchronise them. Deadlines are kept to the tick; later pings are grouped
- * into batches, four per interval, so that they go out in runs of turns rather than a few at
- * every tick.
+ * everyone (a due batch's bitset is scanned a 32-bit word at a time: 1 563 words at 50k
+ * members). First pings are jittered over the ticks of [interval/2, interval] so a mass
+ * reconnect does not synchronise them; from the second on, a connection's pings go out with its
+ * batch: one of four per interval, chosen by its member index (`batchRunLength` in a row share
+ * one), so a batch is a quarter of the connections, in runs of neighbours. Deadlines are kept
+ * to the tick.
  *
- * A tick has two passes. The first walks the deadline lists that came due (a connection still
- * there is unanswered, a suspect) and appends their ping lists to a FIFO queue whole, in one
- * step each, without touching the connections in them. The second sends queued pings for at
- * most `pingBudgetMs` and leaves the rest for the next turn. Deadlines are therefore judged on
- * time however many pings are waiting, the pings are sent in small bursts, and a tick's length
- * does not grow with the size of a batch: each connection is touched once, when its ping is
- * sent (at 18k connections the 99th percentile of ticks went from 2.2 to 1.15 ms, one run).
+ * A tick has two passes. The first walks the wheel's lists that came due (a connection with a
+ * deadline there is unanswered, a suspect; one with a ping joins the queue of pings due) and
+ * marks the batch sets that came due for sending. The second sends pings for at most
+ * `pingBudgetMs`, the queue first, then the due batch sets in index order, and leaves the rest
+ * for the next turn. Deadlines are therefore judged on time however many pings are waiting,
+ * the pings are sent in small bursts, and a tick's length does not grow with the size of a
+ * batch: a batch's connections are touched once, when their ping is sent.
  *
  * No false kills: a tick only marks connections whose deadline passed as suspects. The
  * verdict is given two `setImmediate` hops later, after the poll phase has read whatever was
@@ -114,28 +132,39 @@ export class HeartbeatState {
 export class HeartbeatScheduler {
   readonly counters: HeartbeatCounters = { pingsSent: 0, pongsReceived: 0, timeouts: 0, reprieves: 0, longestTickMs: 0 }
   readonly tickMs: number
-  /** Pings go out on the ticks that are multiples of this (see `insertPing`). */
+  /** Ticks between batches: pings go out on the ticks that are multiples of this. */
   readonly pingBatchTicks: number
+  /** Batches per cycle: a connection's batch comes round every `batches` × `pingBatchTicks` ticks. */
+  readonly batches: number
   private readonly interval: number
   private readonly timeout: number
   private readonly host: HeartbeatHost
-  /**
-   * The wheel's lists: `slots` lists of deadlines, `slots` lists of pings (at `slots` + the
-   * tick's slot), then the queue of pings due (at `queue`).
-   */
+  /** The wheel's lists of events, one per tick of a turn of the wheel. */
   private readonly wheel: Array<Connection | null>
-  /** The last connection of each ping list: a due list is appended to the queue in one step. */
-  private readonly pingTails: Array<Connection | null>
   private readonly slots: number
-  private readonly queue: number
+  private queueHead: Connection | null = null
   private queueTail: Connection | null = null
+  /** Scheduled connections by member index; freed indices are handed out again first. */
+  private readonly members: Array<Connection | undefined> = []
+  private readonly freeIndices: number[] = []
+  /** Batch sets in a ring: the set of batch tick T is (T / pingBatchTicks) % `batchSets`. */
+  private readonly batchSets: number
+  /** The sets' bits, `words` 32-bit words per set, one bit per member index. */
+  private bits: Uint32Array
+  private words = 0
+  private readonly batchCounts: Int32Array
+  /** Batch sets whose tick came, in the order they came, from `drainHead` on; and each one's word cursor. */
+  private readonly draining: number[] = []
+  private drainHead = 0
+  private readonly drainCursor: Int32Array
+  private readonly isDraining: Uint8Array
   private readonly epoch = performance.now()
   private processedTick: number
   private timer: NodeJS.Timeout | undefined = undefined
   /**
    * The tick the timer is set for: +Infinity when no timer is set, -Infinity while a tick is
-   * under way or its continuation is pending (the turn that empties the queue sets the timer).
-   * No connection is due before it: the ticks before it hold nothing to do.
+   * under way or its continuation is pending (the turn that sends the last due ping sets the
+   * timer). No connection is due before it: the ticks before it hold nothing to do.
    */
   private timerTick = Number.POSITIVE_INFINITY
   private readonly onTimer = (): void => { this.tick() }
@@ -150,14 +179,21 @@ export class HeartbeatScheduler {
     const shortest = this.timeout > 0 ? Math.min(this.interval, this.timeout) : this.interval
     this.tickMs = Math.max(5, Math.min(50, Math.floor(shortest / 20)))
     // Rounded down: the batches of one interval never add up to more than the interval, or each
-    // ping would be due just after the batch that ends the interval and leave a batch early.
+    // ping would be due just after its batch and wait a whole cycle.
     this.pingBatchTicks = Math.max(1, Math.floor(this.interval / pingBatchesPerInterval / this.tickMs))
+    this.batches = Math.max(1, Math.floor(this.interval / this.tickMs / this.pingBatchTicks))
     // The wheel must span the longest delay it is ever asked to hold, plus catch-up room.
     const longest = Math.max(this.interval, this.timeout)
     this.slots = Math.ceil(longest / this.tickMs) + 3
-    this.queue = 2 * this.slots
-    this.wheel = new Array<Connection | null>(this.queue + 1).fill(null)
-    this.pingTails = new Array<Connection | null>(this.slots).fill(null)
+    this.wheel = new Array<Connection | null>(this.slots).fill(null)
+    // Pings are scheduled at most an interval ahead: twice the wheel's span in sets means a set
+    // is not given a later tick's pings while its own are still being sent, unless sending one
+    // batch took longer than an interval (and then a ping found early is left for its tick).
+    this.batchSets = Math.ceil(2 * this.slots / this.pingBatchTicks) + 1
+    this.bits = new Uint32Array(0)
+    this.batchCounts = new Int32Array(this.batchSets)
+    this.drainCursor = new Int32Array(this.batchSets)
+    this.isDraining = new Uint8Array(this.batchSets)
     this.processedTick = this.currentTick()
   }
 
@@ -168,11 +204,14 @@ export class HeartbeatScheduler {
 
   /**
    * Schedules a new connection's first ping at a random tick of [interval/2, interval], each as
-   * likely. Its later pings join the batches (`insertPing`).
+   * likely. Its later pings go out with its batch (`insertPing`).
    */
   add (connection: Connection): void {
     if (this.stopped) return
     const state = connection.heartbeat
+    state.index = this.freeIndices.pop() ?? this.members.length
+    this.members[state.index] = connection
+    if (state.index >= this.words * 32) this.growBits()
     state.phase = Phase.PingDue
     const now = performance.now()
     // While the timer waits for a later tick, the ticks before it hold nothing due: count them
@@ -181,13 +220,19 @@ export class HeartbeatScheduler {
     if (Number.isFinite(this.timerTick)) this.processedTick = Math.max(this.processedTick, Math.min(Math.floor(this.toTicks(now)), this.timerTick - 1))
     const first = Math.ceil(this.toTicks(now + this.interval / 2))
     const last = Math.max(first, Math.floor(this.toTicks(now + this.interval)))
-    this.insertAt(connection, first + Math.floor(Math.random() * (last - first + 1)), this.slots)
+    this.insertAt(connection, first + Math.floor(Math.random() * (last - first + 1)))
   }
 
   /** Forgets a connection (it closed). */
   remove (connection: Connection): void {
     const state = connection.heartbeat
     if (state.slot !== -1) this.unlink(connection)
+    else if (state.batch !== -1) this.leaveBatch(connection)
+    if (state.index !== -1 && this.members[state.index] === connection) {
+      this.members[state.index] = undefined
+      this.freeIndices.push(state.index)
+    }
+    state.index = -1
     state.phase = Phase.Idle
     if (this.size === 0) this.stopTimer()
   }
@@ -215,25 +260,33 @@ export class HeartbeatScheduler {
   stop (): void {
     this.stopped = true
     this.stopTimer()
-    for (let slot = 0; slot < this.wheel.length; slot++) {
-      let connection = this.wheel[slot]
-      while (connection !== null) {
-        const next = connection.heartbeat.next
-        connection.heartbeat.next = null
-        connection.heartbeat.prev = null
-        connection.heartbeat.slot = -1
-        connection = next
-      }
-      this.wheel[slot] = null
+    for (const connection of this.members) {
+      if (connection === undefined) continue
+      const state = connection.heartbeat
+      state.next = null
+      state.prev = null
+      state.slot = -1
+      state.batch = -1
+      state.index = -1
     }
-    this.pingTails.fill(null)
+    this.members.length = 0
+    this.freeIndices.length = 0
+    this.wheel.fill(null)
+    this.queueHead = null
     this.queueTail = null
+    this.bits = new Uint32Array(0)
+    this.words = 0
+    this.batchCounts.fill(0)
+    this.draining.length = 0
+    this.drainHead = 0
+    this.isDraining.fill(0)
     this.size = 0
   }
 
   /**
    * Advances the wheel to now (catching up after a stall): makes every unanswered deadline due a
-   * suspect and queues the pings due, then sends queued pings for at most `pingBudgetMs`.
+   * suspect, queues the pings due and marks the batches due, then sends pings for at most
+   * `pingBudgetMs`.
    */
   tick (): void {
     const started = performance.now()
@@ -245,29 +298,26 @@ export class HeartbeatScheduler {
     let suspects: Connection[] | undefined
     while (this.processedTick < target) {
       const tick = this.processedTick + 1
-      const slot = tick % this.slots
-      // Deadlines still there are unanswered (an answer moves the connection to its next ping).
-      let connection = this.wheel[slot]
+      // A connection with a deadline here is unanswered (an answer moves it to its next ping);
+      // one with a ping joins the queue.
+      let connection = this.wheel[tick % this.slots]
       while (connection !== null) {
         const state = connection.heartbeat
         const next = state.next
         if (state.dueTick <= tick) {
           this.unlink(connection)
-          state.phase = Phase.Judging
-          ;(suspects ??= []).push(connection)
+          if (state.phase === Phase.AwaitingPong) {
+            state.phase = Phase.Judging
+            ;(suspects ??= []).push(connection)
+          } else {
+            this.enqueue(connection)
+          }
         }
         connection = next
       }
-      // The pings due join the queue as one list, without touching any of them here: each is
-      // touched once, when it is sent.
-      const pings = this.wheel[this.slots + slot]
-      if (pings !== null) {
-        pings.heartbeat.prev = this.queueTail
-        if (this.queueTail === null) this.wheel[this.queue] = pings
-        else this.queueTail.heartbeat.next = pings
-        this.queueTail = this.pingTails[slot]
-        this.wheel[this.slots + slot] = null
-        this.pingTails[slot] = null
+      if (tick % this.pingBatchTicks === 0) {
+        const set = (tick / this.pingBatchTicks) % this.batchSets
+        if (this.batchCounts[set] > 0) this.startDraining(set)
       }
       this.processedTick = tick
     }
@@ -278,17 +328,13 @@ export class HeartbeatScheduler {
       setImmediate(() => setImmediate(() => this.judge(judged)))
     }
     let now = started
-    for (let connection = this.wheel[this.queue]; connection !== null; connection = this.wheel[this.queue]) {
+    for (let connection = this.nextDue(); connection !== null; connection = this.nextDue()) {
+      this.ping(connection, now)
+      now = performance.now()
       if (now - started >= pingBudgetMs) {
-        if (!this.stopped) this.continuation ??= setImmediate(() => this.tick())
+        if (!this.stopped && (this.queueHead !== null || this.drainHead < this.draining.length)) this.continuation = setImmediate(() => this.tick())
         break
       }
-      this.unlink(connection)
-      // Never sent early: a ping list only ever holds pings due within one turn of the wheel
-      // (the wheel spans the interval), but a ping found early goes back to its list.
-      if (connection.heartbeat.dueTick > this.processedTick) this.insertAt(connection, connection.heartbeat.dueTick, this.slots)
-      else this.ping(connection, now)
-      now = performance.now()
     }
     if (this.continuation === undefined) this.setTimerForNextDue()
     // Both passes: walking the deadlines of a long catch-up counts too.
@@ -305,7 +351,7 @@ export class HeartbeatScheduler {
     state.awaitingPong = true
     if (this.timeout > 0) {
       state.phase = Phase.AwaitingPong
-      this.insertDeadline(connection, now + this.timeout)
+      this.insertAt(connection, Math.ceil(this.toTicks(now + this.timeout)))
     } else {
       this.insertPing(connection, now + this.interval)
     }
@@ -333,65 +379,146 @@ export class HeartbeatScheduler {
     return Math.floor(this.toTicks(performance.now()))
   }
 
-  /** Puts a connection whose deadline is `at` in the slot of the first tick at or after it (never early). */
-  private insertDeadline (connection: Connection, at: number): void {
-    this.insertAt(connection, Math.ceil(this.toTicks(at)), 0)
-  }
-
-  /**
-   * Puts a connection whose next ping is due at `at` in the slot of the last ping batch at or
-   * before it (or the next tick, if that batch has passed). Pings due within a batch go out
-   * together, in turns of at most `pingBudgetMs`: fewer, larger bursts let the loop read the
-   * pongs of one turn between the next turns instead of waking for every few of them, which
-   * cut the CPU per ping/pong by a third at the default interval (bench/README.md). A ping is
-   * never late for batching, at most one batch early: the ping after a connection's first one
-   * (sent at a jittered tick) moves it onto the batches' ticks, and from there on, when the
-   * interval is a whole number of batches, its pings are exactly one interval apart.
-   */
-  private insertPing (connection: Connection, at: number): void {
-    const batch = this.pingBatchTicks
-    const tick = batch > 1 ? Math.floor(this.toTicks(at) / batch) * batch : Math.ceil(this.toTicks(at))
-    this.insertAt(connection, tick, this.slots)
-  }
-
   /** The wheel's tick count at a `performance.now()` time (fractional). */
   private toTicks (time: number): number {
     return (time - this.epoch) / this.tickMs
   }
 
   /**
-   * Puts a connection in the list of `dueTick` (deadlines: `lists` 0, pings: `slots`), or of the
-   * next tick if that one was processed, and brings the timer forward if it is due before the
-   * tick the timer is set for.
+   * Schedules a connection's ping due at `at` with the last tick of its batch at or before it:
+   * never late, and from the second ping on (the first is jittered) exactly one cycle of
+   * batches apart — the interval, or up to 3 ticks less when the interval is not a whole number
+   * of batches. Where that tick has passed (a late answer, a reprieve), the ping goes out at the
+   * next tick instead, and the one after it is back on the batch.
    */
-  private insertAt (connection: Connection, dueTick: number, lists: number): void {
+  private insertPing (connection: Connection, at: number): void {
+    const state = connection.heartbeat
+    const cycle = this.batches * this.pingBatchTicks
+    const own = (Math.floor(state.index / batchRunLength) % this.batches) * this.pingBatchTicks
+    const tick = Math.floor((this.toTicks(at) - own) / cycle) * cycle + own
+    if (tick > this.processedTick && !this.stopped) this.joinBatch(connection, tick)
+    else this.insertAt(connection, tick)
+  }
+
+  /** Puts a connection's ping in the batch set of `tick` (a batch tick after the last processed one). */
+  private joinBatch (connection: Connection, tick: number): void {
+    const state = connection.heartbeat
+    const set = (tick / this.pingBatchTicks) % this.batchSets
+    this.bits[set * this.words + (state.index >>> 5)] |= 1 << (state.index & 31)
+    this.batchCounts[set]++
+    state.batch = set
+    state.dueTick = tick
+    this.size++
+    if (tick < this.timerTick) this.setTimer(tick)
+  }
+
+  private leaveBatch (connection: Connection): void {
+    const state = connection.heartbeat
+    const set = state.batch
+    this.bits[set * this.words + (state.index >>> 5)] &= ~(1 << (state.index & 31))
+    this.batchCounts[set]--
+    state.batch = -1
+    this.size--
+    // The timer waits for the batch just emptied: set it for the next tick that holds something.
+    if (state.dueTick === this.timerTick && this.isEmpty(state.dueTick)) this.setTimerForNextDue()
+  }
+
+  /** Makes room in every batch set for one more run of member indices (the sets' length doubles). */
+  private growBits (): void {
+    const words = Math.max(2 * this.words, batchRunLength / 32)
+    const bits = new Uint32Array(this.batchSets * words)
+    for (let set = 0; set < this.batchSets; set++) bits.set(this.bits.subarray(set * this.words, (set + 1) * this.words), set * words)
+    this.bits = bits
+    this.words = words
+  }
+
+  /** A batch set's tick came: its pings are sent from its first index on, after those already due. */
+  private startDraining (set: number): void {
+    this.drainCursor[set] = 0
+    if (this.isDraining[set] === 1) return
+    this.isDraining[set] = 1
+    this.draining.push(set)
+  }
+
+  /**
+   * The next connection whose ping is due, out of its queue or batch set: the queue first (first
+   * pings, pings off their batch), then the due batch sets, each in index order.
+   */
+  private nextDue (): Connection | null {
+    const queued = this.queueHead
+    if (queued !== null) {
+      this.unlink(queued)
+      return queued
+    }
+    while (this.drainHead < this.draining.length) {
+      const set = this.draining[this.drainHead]
+      const base = set * this.words
+      for (let word = this.drainCursor[set]; word < this.words; word++) {
+        let bits = this.bits[base + word]
+        while (bits !== 0) {
+          const bit = 31 - Math.clz32(bits & -bits)
+          bits &= bits - 1
+          const connection = this.members[word * 32 + bit]!
+          // A later tick's ping in the same set (sending this batch took over an interval): left for its tick.
+          if (connection.heartbeat.dueTick > this.processedTick) continue
+          this.drainCursor[set] = word
+          this.leaveBatch(connection)
+          return connection
+        }
+      }
+      this.isDraining[set] = 0
+      if (++this.drainHead === this.draining.length) {
+        this.draining.length = 0
+        this.drainHead = 0
+      }
+    }
+    return null
+  }
+
+  /** Appends a connection (in no list) to the queue of pings due. */
+  private enqueue (connection: Connection): void {
+    const state = connection.heartbeat
+    state.slot = inQueue
+    state.prev = this.queueTail
+    state.next = null
+    if (this.queueTail === null) this.queueHead = connection
+    else this.queueTail.heartbeat.next = connection
+    this.queueTail = connection
+    this.size++
+  }
+
+  /**
+   * Puts a connection in the wheel's list of `dueTick` (its deadline, or a ping off its batch),
+   * or of the next tick if that one was processed, and brings the timer forward if it is due
+   * before the tick the timer is set for.
+   */
+  private insertAt (connection: Connection, dueTick: number): void {
     if (this.stopped) return
     // Nothing scheduled and no timer: the wheel was idle, its ticks start from now.
     if (this.size === 0 && this.timerTick === Number.POSITIVE_INFINITY) this.processedTick = this.currentTick()
     // Never in a tick already processed: a due time that has passed goes to the next tick.
     dueTick = Math.max(this.processedTick + 1, dueTick)
     const state = connection.heartbeat
-    const slot = lists + dueTick % this.slots
+    const slot = dueTick % this.slots
     state.dueTick = dueTick
     state.slot = slot
     state.prev = null
     state.next = this.wheel[slot]
     if (state.next !== null) state.next.heartbeat.prev = connection
-    else if (lists !== 0) this.pingTails[slot - lists] = connection
     this.wheel[slot] = connection
     this.size++
     if (dueTick < this.timerTick) this.setTimer(dueTick)
   }
 
   /**
-   * Sets the timer for the first tick whose slot holds a connection, or none when nothing is
+   * Sets the timer for the first tick that holds a connection, or none when nothing is
    * scheduled: the loop wakes only when something may be due, never for an empty tick (an idle
    * server with a few connections wakes about once per ping, not 20 times a second).
    */
   private setTimerForNextDue (): void {
     if (!this.stopped && this.size > 0) {
       for (let tick = this.processedTick + 1, end = tick + this.slots; tick < end; tick++) {
-        if (!this.isEmpty(tick % this.slots)) {
+        if (!this.isEmpty(tick)) {
           this.setTimer(tick)
           return
         }
@@ -407,28 +534,27 @@ export class HeartbeatScheduler {
     this.timer.unref()
   }
 
-  /** Whether a tick's slot holds neither deadlines nor pings. */
-  private isEmpty (slot: number): boolean {
-    return this.wheel[slot] === null && this.wheel[this.slots + slot] === null
+  /** Whether a tick holds no event and no batch. */
+  private isEmpty (tick: number): boolean {
+    return this.wheel[tick % this.slots] === null && (tick % this.pingBatchTicks !== 0 || this.batchCounts[(tick / this.pingBatchTicks) % this.batchSets] === 0)
   }
 
+  /** Takes a connection out of the wheel's list or the queue it is in. */
   private unlink (connection: Connection): void {
     const state = connection.heartbeat
     const slot = state.slot
-    if (this.queueTail === connection) this.queueTail = state.prev
-    // The head of its list: the queue's (whatever list it came from), or its own list's.
     if (state.prev !== null) state.prev.heartbeat.next = state.next
-    else if (this.wheel[this.queue] === connection) this.wheel[this.queue] = state.next
+    else if (slot === inQueue) this.queueHead = state.next
     else this.wheel[slot] = state.next
     if (state.next !== null) state.next.heartbeat.prev = state.prev
-    else if (slot >= this.slots && this.pingTails[slot - this.slots] === connection) this.pingTails[slot - this.slots] = state.prev
+    else if (slot === inQueue) this.queueTail = state.prev
     state.next = null
     state.prev = null
     state.slot = -1
     this.size--
-    // The timer waits for the slot just emptied (the last pong of a batch took out its
-    // deadline): set it for the next slot that holds something instead of waking for nothing.
-    if (state.dueTick === this.timerTick && this.isEmpty(slot % this.slots)) this.setTimerForNextDue()
+    // The timer waits for the list just emptied (the last pong of a batch took out its
+    // deadline): set it for the next tick that holds something instead of waking for nothing.
+    if (state.dueTick === this.timerTick && slot !== inQueue && this.isEmpty(state.dueTick)) this.setTimerForNextDue()
   }
 
   private stopTimer (): void {
