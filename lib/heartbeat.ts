@@ -33,8 +33,8 @@ export interface HeartbeatCounters {
 const rttAlpha = 0.125
 
 /**
- * Milliseconds one turn of the scheduler may spend sending pings. Pings due beyond it wait in
- * a queue for the next turn (`setImmediate`), so neither a burst of due pings (after the loop
+ * Milliseconds one turn of the scheduler may spend sending pings. Pings due beyond it wait for
+ * the next turn (`setImmediate`), in the queue or in their batch, so neither a burst of due pings (after the loop
  * was busy, e.g. accepting a reconnect storm) nor the burst of pongs that answers it holds the
  * loop for long: a ping write costs ~10–40 µs on 2 cores, so a turn sends a few dozen.
  */
