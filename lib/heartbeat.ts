@@ -34,9 +34,10 @@ const rttAlpha = 0.125
 
 /**
  * Milliseconds one turn of the scheduler may spend sending pings. Pings due beyond it wait for
- * the next turn (`setImmediate`), in the queue or in their batch, so neither a burst of due pings (after the loop
- * was busy, e.g. accepting a reconnect storm) nor the burst of pongs that answers it holds the
- * loop for long: a ping write costs ~10–40 µs on 2 cores, so a turn sends a few dozen.
+ * the next turn (`setImmediate`), in the queue or in their batch, so neither a burst of due
+ * pings (after the loop was busy, e.g. accepting a reconnect storm) nor the burst of pongs that
+ * answers it holds the loop for long: a ping write costs ~10–40 µs on 2 cores, so a turn sends
+ * a few dozen.
  */
 export const pingBudgetMs = 1
 
@@ -132,7 +133,7 @@ export class HeartbeatState {
 export class HeartbeatScheduler {
   readonly counters: HeartbeatCounters = { pingsSent: 0, pongsReceived: 0, timeouts: 0, reprieves: 0, longestTickMs: 0 }
   readonly tickMs: number
-  /** Ticks between batches: pings go out on the ticks that are multiples of this. */
+  /** Ticks between batches: a batch's pings go out on a tick that is a multiple of this. */
   readonly pingBatchTicks: number
   /** Batches per cycle: a connection's batch comes round every `batches` × `pingBatchTicks` ticks. */
   readonly batches: number
