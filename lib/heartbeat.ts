@@ -390,7 +390,8 @@ export class HeartbeatScheduler {
    * never late, and from the second ping on (the first is jittered) exactly one cycle of
    * batches apart — the interval, or up to 3 ticks less when the interval is not a whole number
    * of batches. Where that tick has passed (a late answer, a reprieve), the ping goes out at the
-   * next tick instead, and the one after it is back on the batch.
+   * next tick instead, and the one after it is back on the batch. (A tick whose moment has come
+   * but which the wheel has not processed yet still counts: its batch goes out at once.)
    */
   private insertPing (connection: Connection, at: number): void {
     const state = connection.heartbeat
