@@ -66,6 +66,8 @@ const enum Phase { Idle = 0, PingDue = 1, AwaitingPong = 2, Judging = 3 }
 
 /** `HeartbeatState.slot` of a connection whose ping waits in the queue of pings due. */
 const inQueue = -2
+/** `HeartbeatState.slot` of a connection whose ping is in a batch set (the set of its `dueTick`). */
+const inBatch = -3
 
 /**
  * Per-connection heartbeat state, kept on the connection object itself: an intrusive list
@@ -75,10 +77,8 @@ export class HeartbeatState {
   /** Neighbours in the wheel's list or in the queue of pings due. */
   next: Connection | null = null
   prev: Connection | null = null
-  /** The wheel's list holding the connection, `inQueue`, or -1 when in neither. */
+  /** The wheel's list holding the connection, `inQueue`, `inBatch`, or -1 when in none. */
   slot = -1
-  /** The batch set holding the connection's next ping, -1 when in none. */
-  batch = -1
   /** The connection's index in the scheduler's member table, -1 when not scheduled. */
   index = -1
   dueTick = 0
@@ -227,8 +227,8 @@ export class HeartbeatScheduler {
   /** Forgets a connection (it closed). */
   remove (connection: Connection): void {
     const state = connection.heartbeat
-    if (state.slot !== -1) this.unlink(connection)
-    else if (state.batch !== -1) this.leaveBatch(connection)
+    if (state.slot === inBatch) this.leaveBatch(connection)
+    else if (state.slot !== -1) this.unlink(connection)
     if (state.index !== -1 && this.members[state.index] === connection) {
       this.members[state.index] = undefined
       this.freeIndices.push(state.index)
@@ -267,7 +267,6 @@ export class HeartbeatScheduler {
       state.next = null
       state.prev = null
       state.slot = -1
-      state.batch = -1
       state.index = -1
     }
     this.members.length = 0
@@ -317,7 +316,7 @@ export class HeartbeatScheduler {
         connection = next
       }
       if (tick % this.pingBatchTicks === 0) {
-        const set = (tick / this.pingBatchTicks) % this.batchSets
+        const set = this.batchSet(tick)
         if (this.batchCounts[set] > 0) this.startDraining(set)
       }
       this.processedTick = tick
@@ -405,10 +404,10 @@ export class HeartbeatScheduler {
   /** Puts a connection's ping in the batch set of `tick` (a batch tick after the last processed one). */
   private joinBatch (connection: Connection, tick: number): void {
     const state = connection.heartbeat
-    const set = (tick / this.pingBatchTicks) % this.batchSets
+    const set = this.batchSet(tick)
     this.bits[set * this.words + (state.index >>> 5)] |= 1 << (state.index & 31)
     this.batchCounts[set]++
-    state.batch = set
+    state.slot = inBatch
     state.dueTick = tick
     this.size++
     if (tick < this.timerTick) this.setTimer(tick)
@@ -416,13 +415,18 @@ export class HeartbeatScheduler {
 
   private leaveBatch (connection: Connection): void {
     const state = connection.heartbeat
-    const set = state.batch
+    const set = this.batchSet(state.dueTick)
     this.bits[set * this.words + (state.index >>> 5)] &= ~(1 << (state.index & 31))
     this.batchCounts[set]--
-    state.batch = -1
+    state.slot = -1
     this.size--
     // The timer waits for the batch just emptied: set it for the next tick that holds something.
     if (state.dueTick === this.timerTick && this.isEmpty(state.dueTick)) this.setTimerForNextDue()
+  }
+
+  /** The batch set of a batch tick (a multiple of `pingBatchTicks`). */
+  private batchSet (tick: number): number {
+    return (tick / this.pingBatchTicks) % this.batchSets
   }
 
   /** Makes room in every batch set for one more run of member indices (the sets' length doubles). */
@@ -538,7 +542,7 @@ export class HeartbeatScheduler {
 
   /** Whether a tick holds no event and no batch. */
   private isEmpty (tick: number): boolean {
-    return this.wheel[tick % this.slots] === null && (tick % this.pingBatchTicks !== 0 || this.batchCounts[(tick / this.pingBatchTicks) % this.batchSets] === 0)
+    return this.wheel[tick % this.slots] === null && (tick % this.pingBatchTicks !== 0 || this.batchCounts[this.batchSet(tick)] === 0)
   }
 
   /** Takes a connection out of the wheel's list or the queue it is in. */

@@ -321,7 +321,7 @@ for (const { round, where } of [{ round: 1, where: 'in the queue (first pings)' 
       // waiting to be sent at the same tick included.
       for (const [i, c] of all.entries()) {
         if (i % 2 === 0 || (pings.get(c.id) ?? 0) >= round) continue
-        if (c.heartbeat.dueTick === connection.heartbeat.dueTick && (round === 1 ? c.heartbeat.slot === -2 : c.heartbeat.batch !== -1)) waitingWhenRemoved++
+        if (c.heartbeat.dueTick === connection.heartbeat.dueTick && c.heartbeat.slot === (round === 1 ? -2 /* in the queue */ : -3 /* in a batch */)) waitingWhenRemoved++
         scheduler.remove(asConnection(c))
         removed.add(c.id)
       }
