@@ -344,8 +344,10 @@ export class HeartbeatScheduler {
 
   /** Sends a due ping and schedules the connection's next event: the deadline, or the next ping. */
   private ping (connection: Connection, now: number): void {
-    if (!this.host.sendPing(connection)) return // closing: its close removes it
     const state = connection.heartbeat
+    // Closing: its close removes it. Removed while the ping was written (a host that closed it
+    // then and there): nothing is scheduled for it again.
+    if (!this.host.sendPing(connection) || state.index === -1) return
     this.counters.pingsSent++
     state.pingSentAt = now
     state.awaitingPong = true
@@ -393,11 +395,12 @@ export class HeartbeatScheduler {
    * but which the wheel has not processed yet still counts: its batch goes out at once.)
    */
   private insertPing (connection: Connection, at: number): void {
+    if (this.stopped) return
     const state = connection.heartbeat
     const cycle = this.batches * this.pingBatchTicks
     const own = (Math.floor(state.index / batchRunLength) % this.batches) * this.pingBatchTicks
     const tick = Math.floor((this.toTicks(at) - own) / cycle) * cycle + own
-    if (tick > this.processedTick && !this.stopped) this.joinBatch(connection, tick)
+    if (tick > this.processedTick) this.joinBatch(connection, tick)
     else this.insertAt(connection, tick)
   }
 

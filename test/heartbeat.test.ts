@@ -237,6 +237,27 @@ void t.test('remove, closing sockets and stop leave nothing scheduled', async (t
   advance(t, 1000, 50)
 })
 
+void t.test('a connection removed while its ping is being written is not scheduled again', async (t) => {
+  t.clock.enter()
+  const pinged: string[] = []
+  const host: HeartbeatHost = {
+    sendPing: (connection) => {
+      pinged.push(connection.id)
+      scheduler.remove(connection) // as a host whose write closed the socket then and there
+      return true
+    },
+    terminate: () => t.fail('nobody is terminated')
+  }
+  const scheduler = new HeartbeatScheduler({ interval: 200, timeout: 100 }, host)
+  const all = connections(3)
+  for (const c of all) scheduler.add(asConnection(c))
+  advance(t, 1000, 5)
+  t.same(pinged.sort(), all.map((c) => c.id).sort(), 'each was pinged once')
+  t.equal(scheduler.scheduled, 0, 'and left nothing scheduled')
+  t.ok(all.every((c) => c.heartbeat.index === -1 && c.heartbeat.slot === -1))
+  scheduler.stop()
+})
+
 void t.test('a suspect that answered during the I/O phase is reprieved', async (t) => {
   t.clock.enter()
   let answerLate = true
