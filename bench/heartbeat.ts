@@ -14,7 +14,7 @@
  *   tracepoints), and instructions per ping/pong (hardware counters, where the machine has them).
  * Server and clients run in separate processes; the controller talks to the server over its
  * stdin/stdout only. Servers run with V8's memory reducer off (see `measure`).
- * Run: npx tsx bench/heartbeat.ts [connections=10000,18000] [rounds=3] [intervalMs=1000]
+ * Run: npx tsx bench/heartbeat.ts [connections=10000,18000] [rounds=3] [intervalMs=1000] [cpuWindows=1]
  * A 50k point needs an open-file limit above 50k for one process; where the hard limit is
  * lower (`ulimit -Hn`), the 50k row measures the scheduler alone (no sockets), see below.
  */
@@ -32,6 +32,12 @@ const rounds = Number(process.argv[3] ?? 3)
 const interval = Number(process.argv[4] ?? 1000)
 /** Five intervals, or one when an interval is long (every connection is pinged once in it). */
 const windowMs = interval >= 5000 ? interval : 5 * interval
+/**
+ * The CPU window spans this many windows (the stall window stays one): at the default interval a
+ * window holds one ping per connection, and single rounds moved by ±20 % (bench/README.md).
+ */
+const cpuWindows = Number(process.argv[5] ?? 1)
+const cpuWindowMs = cpuWindows * windowMs
 const root = fileURLToPath(new URL('..', import.meta.url))
 const pinned = process.env.HEARTBEAT_PIN === '1' && os.cpus().length > 1
 
@@ -111,9 +117,9 @@ async function measure (contender: string, connections: number): Promise<Result>
     await next()
     // Two windows: CPU and system calls without the stall monitor (its 1 ms timer would wake the
     // loop and batch the pongs for it), then the longest stall and tick with it.
-    const counts = countEvents(server.pid!, windowMs / 1000)
+    const counts = countEvents(server.pid!, cpuWindowMs / 1000)
     const stealBefore = stealMs()
-    server.stdin.write(`measure ${windowMs} cpu\n`)
+    server.stdin.write(`measure ${cpuWindowMs} cpu\n`)
     const result = { ...await next(), ...await counts } as unknown as Result
     server.stdin.write(`measure ${windowMs}\n`)
     const stall = await next()
@@ -136,7 +142,7 @@ async function measure (contender: string, connections: number): Promise<Result>
 
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
 
-console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, interval ${interval} ms, window ${windowMs} ms, ${rounds} interleaved rounds, medians${pinned ? ', server on CPU 0 and clients on the others' : ''}\n`)
+console.log(`# heartbeat cost — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, interval ${interval} ms, window ${windowMs} ms (CPU: ${cpuWindowMs} ms), ${rounds} interleaved rounds, medians${pinned ? ', server on CPU 0 and clients on the others' : ''}\n`)
 console.log('| connections | contender | CPU µs per ping/pong | ratio vs ws sweep | of which user / system µs | CPU ms per second | instructions per ping/pong, user + kernel | ratio vs ws sweep | loop wake-ups per second | reads / writes per ping/pong | longest loop stall (ms) | longest heartbeat tick (ms) | without the GC pauses within it: longest (process CPU over the whole tick, GC included; its pings) / p99 (ms) | longest ping batch, first turn to last (ms; its pings) | pongs in window |')
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 /** Each round's figure, so that a round taken while the host was busy (steal time) shows. */
@@ -150,7 +156,7 @@ for (const size of sizes) {
   const perPong = (r: Result): number => r.cpuMicros / Math.max(1, r.pongs)
   const sweep = median(runs['ws-sweep'].map(perPong))
   const roundFigure = (contender: string, r: Result): string => {
-    const cpu = contender === 'heartbeat-off' ? `${(r.cpuMicros / windowMs).toFixed(1)} ms/s` : perPong(r).toFixed(2)
+    const cpu = contender === 'heartbeat-off' ? `${(r.cpuMicros / cpuWindowMs).toFixed(1)} ms/s` : perPong(r).toFixed(2)
     return `${cpu} (${Number.isNaN(r.stealMs) ? 'n/a' : r.stealMs.toFixed(0)})`
   }
   roundLines.push(`- ${size}: ${contenders.map((contender) => `${contender} ${runs[contender].map((r) => roundFigure(contender, r)).join(', ')}`).join('; ')}`)
@@ -159,10 +165,10 @@ for (const size of sizes) {
   const perPongOf = (contender: string, count: (r: Result) => number): number => median(runs[contender].map((r) => count(r) / Math.max(1, r.pongs)))
   // Loop wake-ups (epoll_pwait calls) per second, in the window without the stall monitor.
   const shown = (value: number, digits: number): string => Number.isNaN(value) ? 'n/a' : value.toFixed(digits)
-  const wakeupsPerSecondOf = (contender: string): string => shown(median(runs[contender].map((r) => r.wakeups / (windowMs / 1000))), 0)
+  const wakeupsPerSecondOf = (contender: string): string => shown(median(runs[contender].map((r) => r.wakeups / (cpuWindowMs / 1000))), 0)
   // The whole process's CPU per second of the window: heartbeat-off gives the floor of an idle
   // server of the stabilizer's stack.
-  const cpuPerSecondOf = (contender: string): string => median(runs[contender].map((r) => r.cpuMicros / windowMs)).toFixed(1)
+  const cpuPerSecondOf = (contender: string): string => median(runs[contender].map((r) => r.cpuMicros / cpuWindowMs)).toFixed(1)
   const stall = (contender: string): string => median(runs[contender].map((r) => r.maxStallMs)).toFixed(1)
   console.log(`| ${size} | heartbeat-off | — | — | — | ${cpuPerSecondOf('heartbeat-off')} | — | — | ${wakeupsPerSecondOf('heartbeat-off')} | — | ${stall('heartbeat-off')} | (no heartbeat: the loop's own stalls, GC included) | — | — | 0 |`)
   for (const contender of ['stabilizer', 'ws-sweep', 'fastify-sweep']) {
