@@ -4,9 +4,10 @@
 //   node --expose-gc --import tsx bench/heartbeat-scheduler.ts [connections=50000] [intervalMs=1000]
 // Prints one JSON line: CPU µs per ping/pong of scheduling and the tick durations (p50, p99,
 // longest, and the pings of the longest), whole and with the GC pauses within them taken out
-// (the answers' microtasks allocate, and one scavenge inside a tick of a 25 s window, which
-// holds ~30 ticks, was its longest), over a window of five intervals (one for intervals of 5 s
-// and more), after two intervals of warm-up and a full GC.
+// (the answers' microtasks allocate), the longest so measured with the process's CPU time over
+// it (less than its length where the thread was descheduled: a 25 s window holds ~30 ticks, so
+// one preempted tick is its p99), over a window of five intervals (one for intervals of 5 s and
+// more), after two intervals of warm-up and a full GC.
 import { PerformanceObserver } from 'node:perf_hooks'
 import { HeartbeatScheduler, HeartbeatState } from '../lib/heartbeat.js'
 import type { Connection } from '../lib/connection.js'
@@ -23,18 +24,23 @@ const scheduler: HeartbeatScheduler = new HeartbeatScheduler({ interval, timeout
 for (let i = 0; i < connections; i++) scheduler.add({ id: String(i), state: 'open', heartbeat: new HeartbeatState() } as unknown as Connection)
 
 const ticks: Array<{ ms: number, pings: number }> = []
-/** The ticks as bench/tick-spans.ts records them (no CPU figure: 0), and the GC pauses. */
+/**
+ * The ticks as bench/tick-spans.ts records them, with the process's CPU time in each (below a
+ * tick's length where the thread was descheduled: the machine is shared), and the GC pauses.
+ */
 const spans: number[] = []
 const gcPauses: number[] = []
 const realTick = scheduler.tick.bind(scheduler)
 scheduler.tick = () => {
   const pingsBefore = scheduler.counters.pingsSent
+  const cpu = process.cpuUsage()
   const started = performance.now()
   realTick()
   const ended = performance.now()
+  const { user, system } = process.cpuUsage(cpu)
   const pings = scheduler.counters.pingsSent - pingsBefore
   ticks.push({ ms: ended - started, pings })
-  spans.push(started, ended, 0, pings)
+  spans.push(started, ended, user + system, pings)
 }
 await new Promise((resolve) => setTimeout(resolve, 2 * interval))
 ;(globalThis as { gc?: () => void }).gc?.()
@@ -65,5 +71,6 @@ process.stdout.write(`${JSON.stringify({
   pingsInLongestTick: longest.pings,
   tickWithoutGcP99Ms: withoutGc.p99Ms,
   longestTickWithoutGcMs: withoutGc.longestMs,
+  longestTickWithoutGcCpuMs: withoutGc.longestCpuMs,
   pingsInLongestTickWithoutGc: withoutGc.longestPings
 })}\n`)
