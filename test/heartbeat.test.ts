@@ -369,15 +369,21 @@ void t.test('after a stall, due deadlines are judged at once while the backlog o
     busy(0.02)
     if (!isSilent.has(connection.id)) setImmediate(() => scheduler.alive(asConnection(connection), true))
   })
-  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 500 }, host.host)
+  // With a 500 ms timeout and a 1 100 ms stall, the first turn after the stall once found 9
+  // suspects of 10 (in CI, and 1 run in 6 here; the cause was not pinned down). Now no silent
+  // deadline can come before the stall (the earliest, for a first ping at 500 ms, is at 1 400
+  // ms; asserted), and each has passed ~500 ms before the stall ends.
+  const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 900 }, host.host)
   t.teardown(() => scheduler.stop())
   for (const c of silent) scheduler.add(asConnection(c))
   // Every silent connection has had its first ping (jittered over [500, 1000] ms).
   await new Promise((resolve) => setTimeout(resolve, 1000 + 2 * scheduler.tickMs))
   t.equal(host.pings.length, 10)
+  t.equal(host.terminated.length, 0, 'no silent deadline came before the stall')
   for (const c of chatty) scheduler.add(asConnection(c))
-  // A stall during which the silent deadlines and every chatty first ping fall due.
-  busy(1100)
+  // A stall during which the silent deadlines (by ~1 950 ms) and every chatty first ping (by
+  // ~2 100 ms) fall due.
+  busy(1400)
   const turns: Array<{ pings: number, suspects: number }> = []
   const tick = scheduler.tick.bind(scheduler)
   scheduler.tick = () => {
