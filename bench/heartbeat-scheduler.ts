@@ -4,7 +4,7 @@
 //   node --expose-gc --import tsx bench/heartbeat-scheduler.ts [connections=50000] [intervalMs=1000]
 // Prints one JSON line: CPU µs per ping/pong of scheduling and the tick durations (p50, p99,
 // longest, and the pings of the longest), whole and with the GC pauses within them taken out
-// (the answers' microtasks allocate), the longest so measured with the process's CPU time over
+// (the answers' microtasks allocate), the longest so measured with the process's CPU time (all threads) over
 // it (less than its length where the thread was descheduled: a 25 s window holds ~30 ticks, so
 // one preempted tick is its p99), over a window of five intervals (one for intervals of 5 s and
 // more), after two intervals of warm-up and a full GC.
@@ -23,7 +23,6 @@ const scheduler: HeartbeatScheduler = new HeartbeatScheduler({ interval, timeout
 })
 for (let i = 0; i < connections; i++) scheduler.add({ id: String(i), state: 'open', heartbeat: new HeartbeatState() } as unknown as Connection)
 
-const ticks: Array<{ ms: number, pings: number }> = []
 /**
  * The ticks as bench/tick-spans.ts records them, with the process's CPU time in each (below a
  * tick's length where the thread was descheduled: the machine is shared), and the GC pauses.
@@ -38,13 +37,10 @@ scheduler.tick = () => {
   realTick()
   const ended = performance.now()
   const { user, system } = process.cpuUsage(cpu)
-  const pings = scheduler.counters.pingsSent - pingsBefore
-  ticks.push({ ms: ended - started, pings })
-  spans.push(started, ended, user + system, pings)
+  spans.push(started, ended, user + system, scheduler.counters.pingsSent - pingsBefore)
 }
 await new Promise((resolve) => setTimeout(resolve, 2 * interval))
 ;(globalThis as { gc?: () => void }).gc?.()
-ticks.length = 0
 spans.length = 0
 const gcObserver = new PerformanceObserver((entries) => { for (const entry of entries.getEntries()) gcPauses.push(entry.startTime, entry.startTime + entry.duration) })
 gcObserver.observe({ entryTypes: ['gc'] })
@@ -57,6 +53,7 @@ scheduler.stop()
 for (const entry of gcObserver.takeRecords()) gcPauses.push(entry.startTime, entry.startTime + entry.duration)
 gcObserver.disconnect()
 const withoutGc = ticksWithoutGc(spans, gcPauses)
+const ticks = Array.from({ length: spans.length / 4 }, (_, i) => ({ ms: spans[4 * i + 1] - spans[4 * i], pings: spans[4 * i + 3] }))
 const sorted = ticks.map((tick) => tick.ms).sort((a, b) => a - b)
 const longest = ticks.reduce((max, tick) => (tick.ms > max.ms ? tick : max), { ms: 0, pings: 0 })
 process.stdout.write(`${JSON.stringify({
