@@ -4,10 +4,10 @@
 //   node --expose-gc --import tsx bench/heartbeat-scheduler.ts [connections=50000] [intervalMs=1000]
 // Prints one JSON line: CPU µs per ping/pong of scheduling and the tick durations (p50, p99,
 // longest, and the pings of the longest), whole and with the GC pauses within them taken out
-// (the answers' microtasks allocate), the longest so measured with the process's CPU time (all threads) over
-// it (less than its length where the thread was descheduled: a 25 s window holds ~30 ticks, so
-// one preempted tick is its p99), over a window of five intervals (one for intervals of 5 s and
-// more), after two intervals of warm-up and a full GC.
+// (the answers' microtasks allocate), the longest so measured with the process's CPU time (all
+// threads) over it (less than its length where the thread was descheduled: a 25 s window holds
+// ~30 ticks, so one preempted tick is its p99), over a window of five intervals (one for
+// intervals of 5 s and more), after two intervals of warm-up and a full GC.
 import { PerformanceObserver } from 'node:perf_hooks'
 import { HeartbeatScheduler, HeartbeatState } from '../lib/heartbeat.js'
 import type { Connection } from '../lib/connection.js'
