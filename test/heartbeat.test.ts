@@ -370,7 +370,7 @@ void t.test('after a stall, due deadlines are judged at once while the backlog o
     if (!isSilent.has(connection.id)) setImmediate(() => scheduler.alive(asConnection(connection), true))
   })
   // With a 500 ms timeout and a 1 100 ms stall, the first turn after the stall once found 9
-  // suspects of 10 (in CI, and 1 run in 6 here; the cause was not pinned down). Now no silent
+  // suspects of 10 (in CI, and 1 run in 14 here; the cause was not pinned down). Now no silent
   // deadline can come before the stall (the earliest, for a first ping at 500 ms, is at 1 400
   // ms; asserted), and each has passed ~500 ms before the stall ends.
   const scheduler = new HeartbeatScheduler({ interval: 1000, timeout: 900 }, host.host)
