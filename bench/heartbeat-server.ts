@@ -11,7 +11,10 @@
 //   tickWithoutGcPings the pings it sent, tickP99WithoutGcMs the 99th percentile of ticks;
 // - batchMs: the longest ping batch, from its first turn to its last, batchPings its pings;
 // "measure MS cpu" leaves the stall monitor off (maxStallMs null);
-// on "gc" it runs a full collection and prints {"gc":true}.
+// on "gc" it runs a full collection and prints {"gc":true};
+// on "stats" it prints the counts so far: {"pongs","cpuMicros","turns","pingsSent"} (the last two
+// the stabilizer's: its scheduler's turns, timer ticks and continuations alike, and its pings).
+// HEARTBEAT_PING_BUDGET_MS=<ms> sets the scheduler's ping budget per turn (bench/heartbeat-instructions.ts).
 import Fastify from 'fastify'
 import websocket from '@fastify/websocket'
 import { createInterface } from 'node:readline'
@@ -32,6 +35,8 @@ let pongs = 0
 let tickSpans: number[] | undefined
 /** Whether this contender has a heartbeat scheduler whose ticks (and GC pauses) are recorded. */
 let recordsTicks = false
+/** The stabilizer's scheduler turns and pings so far, for "stats". */
+let schedulerCounts = (): { turns?: number, pingsSent?: number } => ({})
 
 /**
  * The process's CPU time so far, in µs (V8's helper threads included). Node 20 has no per-thread
@@ -65,11 +70,15 @@ if (contender === 'stabilizer' || contender === 'heartbeat-off') {
   // Each tick's span and the CPU time in it, so that the GC pauses within a tick, and the time
   // the thread was not running at all (the machine is shared), can be told apart from its own
   // work.
-  const scheduler = (app.stabilizer as unknown as { heartbeat?: { tick: () => void, counters: { pingsSent: number } } }).heartbeat
+  const scheduler = (app.stabilizer as unknown as { heartbeat?: { tick: () => void, counters: { pingsSent: number }, pingBudgetMs: number } }).heartbeat
   if (scheduler !== undefined) {
     recordsTicks = true
+    if (process.env.HEARTBEAT_PING_BUDGET_MS !== undefined) scheduler.pingBudgetMs = Number(process.env.HEARTBEAT_PING_BUDGET_MS)
+    let turns = 0
+    schedulerCounts = () => ({ turns, pingsSent: scheduler.counters.pingsSent })
     const tick = scheduler.tick.bind(scheduler)
     scheduler.tick = () => {
+      turns++
       if (tickSpans === undefined) return tick()
       const cpu = cpuMicros()
       const pings = scheduler.counters.pingsSent
@@ -118,6 +127,7 @@ const pongCount = (): number => (globalThis as unknown as { pongCount: number })
 
 createInterface({ input: process.stdin }).on('line', (line) => {
   const [command, arg, mode] = line.split(' ')
+  if (command === 'stats') process.stdout.write(`${JSON.stringify({ pongs: pongCount(), cpuMicros: cpuMicros(), ...schedulerCounts() })}\n`)
   if (command === 'count') process.stdout.write(`${JSON.stringify({ connections: connections() })}\n`)
   // A full collection before a window: the major GC that follows the burst of connections at
   // the start of a run would otherwise land in the window and count as a heartbeat stall.
