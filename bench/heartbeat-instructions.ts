@@ -26,6 +26,8 @@
  * their pings per turn so that they can be compared. The kernel's own work (the system calls'
  * instructions) is not in the count: the native row's system calls per ping/pong stand for it.
  *
+ * With `HEARTBEAT_CALLGRIND_KEEP=1` each run's callgrind dump is kept (its path is printed) for
+ * `callgrind_annotate`: which functions the instructions and misses went to.
  * Run: npx tsx bench/heartbeat-instructions.ts [connections=10000] [intervalMs=25000] [windows=3] [budgetMs=30]
  * Needs valgrind (callgrind_control) and, for the system calls, perf (Debian: valgrind, linux-perf).
  * Takes ~20 minutes at the defaults.
@@ -51,7 +53,7 @@ const syscalls = ['read', 'write', 'writev', 'epoll_pwait', 'epoll_ctl'] as cons
 interface Stats { pongs: number, cpuMicros: number, turns?: number, pingsSent?: number }
 /** Callgrind's events per ping/pong: Ir (instructions), I1mr/D1mr/D1mw (first-level misses), ILmr/DLmr/DLmw (last-level). */
 type Events = Record<string, number>
-interface Run { pongs: number, pingsPerTurn: number | null, cpuMicrosPerPong: number, eventsPerPong?: Events, syscallsPerPong?: Record<string, number>, switchesPerPong?: { voluntary: number, involuntary: number } }
+interface Run { pongs: number, pingsPerTurn: number | null, cpuMicrosPerPong: number, eventsPerPong?: Events, steadyEventsPerPong?: Events, syscallsPerPong?: Record<string, number>, switchesPerPong?: { voluntary: number, involuntary: number } }
 
 for (const tool of ['valgrind', 'callgrind_control']) {
   if (spawnSync(tool, ['--version']).error !== undefined) throw new Error(`${tool} not found (Debian: apt-get install valgrind)`)
@@ -87,6 +89,45 @@ function eventsIn (dir: string): Events {
     const totals = /^totals: (.+)$/m.exec(text)?.[1].split(' ').map(Number)
     if (events === undefined || totals === undefined) throw new Error(`no totals in ${file}`)
     events.forEach((event, i) => { sums[event] = (sums[event] ?? 0) + (totals[i] ?? 0) })
+  }
+  return sums
+}
+
+/**
+ * The part of the dumps' events spent in V8's optimising compilers (TurboFan, Maglev, Sparkplug),
+ * by event: compiling is warm-up, and the window can catch a server still compiling (the
+ * sweeps, whose loop runs once per interval, compiled for ~2 000 instructions per ping/pong
+ * after three intervals). Sums each function's own cost lines; the lines after a `calls=` line
+ * are a callee's inclusive cost and are skipped.
+ */
+function compilingIn (dir: string): Events {
+  const sums: Events = {}
+  const compiler = /^v8::internal::(?:compiler|maglev|baseline|turboshaft)::/
+  for (const file of readdirSync(dir).filter((name) => /\.out\.\d+$/.test(name))) {
+    const text = readFileSync(join(dir, file), 'utf8')
+    const events = /^events: (.+)$/m.exec(text)?.[1].split(' ') ?? []
+    const names = new Map<string, string>()
+    let counting = false
+    let skipNext = false
+    for (const line of text.split('\n')) {
+      const named = /^(c?fn)=\((\d+)\)(?: (.*))?$/.exec(line)
+      if (named !== null) {
+        if (named[3] !== undefined) names.set(named[2], named[3])
+        if (named[1] === 'fn') counting = compiler.test(names.get(named[2]) ?? '')
+        continue
+      }
+      if (line.startsWith('calls=')) {
+        skipNext = true
+        continue
+      }
+      if (!/^[\d+\-*]/.test(line)) continue
+      if (skipNext) {
+        skipNext = false
+        continue
+      }
+      if (!counting) continue
+      line.split(' ').slice(1).forEach((value, i) => { sums[events[i]] = (sums[events[i]] ?? 0) + Number(value) })
+    }
   }
   return sums
 }
@@ -142,8 +183,12 @@ async function measure (contender: string, underCallgrind: boolean): Promise<Run
       pingsPerTurn: turns > 0 ? ((after.pingsSent ?? 0) - (before.pingsSent ?? 0)) / turns : null,
       cpuMicrosPerPong: per(after.cpuMicros - before.cpuMicros)
     }
-    if (underCallgrind) run.eventsPerPong = Object.fromEntries(Object.entries(eventsIn(dir)).map(([event, count]) => [event, per(count)]))
-    else {
+    if (underCallgrind) {
+      const all = Object.entries(eventsIn(dir))
+      const compiling = compilingIn(dir)
+      run.eventsPerPong = Object.fromEntries(all.map(([event, count]) => [event, per(count)]))
+      run.steadyEventsPerPong = Object.fromEntries(all.map(([event, count]) => [event, per(count - (compiling[event] ?? 0))]))
+    } else {
       run.syscallsPerPong = Object.fromEntries(Object.entries(await syscallCounts!).map(([name, count]) => [name, per(count)]))
       run.switchesPerPong = { voluntary: per(switchesAfter!.voluntary - switchesBefore!.voluntary), involuntary: per(switchesAfter!.involuntary - switchesBefore!.involuntary) }
     }
@@ -152,7 +197,8 @@ async function measure (contender: string, underCallgrind: boolean): Promise<Run
     for (const client of clients) await killProcess(client)
     server.stdin.end()
     if (server.exitCode === null && server.signalCode === null) await once(server, 'exit')
-    rmSync(dir, { recursive: true, force: true })
+    if (process.env.HEARTBEAT_CALLGRIND_KEEP === '1' && underCallgrind) console.error(`${contender}: callgrind dump kept in ${dir}`)
+    else rmSync(dir, { recursive: true, force: true })
   }
 }
 
@@ -171,13 +217,16 @@ for (const contender of contenders) {
   if (pongs < 0.95 * native[contender].pongs) console.log(`**${contender}: the callgrind window held ${pongs} pongs against ${native[contender].pongs} natively: the server did not keep up under callgrind; take a longer interval or fewer connections.**\n`)
 }
 const fixed = (value: number | undefined | null, digits: number): string => value === undefined || value === null || Number.isNaN(value) ? 'n/a' : value.toFixed(digits)
-const events = (contender: string): Events => counted[contender].eventsPerPong!
+/** The figures without compiling: what a server that has warmed up pays for each ping/pong. */
+const events = (contender: string): Events => counted[contender].steadyEventsPerPong!
 const ratios = (contender: string, figure: (e: Events) => number): string => `${fixed(figure(events(contender)) / figure(events('ws-sweep')), 3)}× / ${fixed(figure(events(contender)) / figure(events('fastify-sweep')), 3)}×`
+console.log('Callgrind\'s figures without the instructions and misses in V8\'s compilers (the whole count in brackets):\n')
 console.log('| contender | instructions per ping/pong (user space) | vs ws sweep / same-stack sweep | first-level misses per ping/pong: instructions / data read / data write | last-level (2 MiB) misses: instructions / data read / data write | cycle estimate per ping/pong | vs ws sweep / same-stack sweep | pings per turn: native / callgrind | system calls per ping/pong, native: read / write + writev / epoll_pwait / epoll_ctl | context switches per ping/pong, main thread: voluntary / involuntary | CPU µs per ping/pong, native (noisy) | pongs in window: native / callgrind |')
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const contender of contenders) {
   const n = native[contender]
   const e = events(contender)
+  const whole = counted[contender].eventsPerPong!
   const calls = n.syscallsPerPong!
-  console.log(`| ${contender} | ${fixed(e.Ir, 0)} | ${ratios(contender, (x) => x.Ir)} | ${fixed(e.I1mr, 0)} / ${fixed(e.D1mr, 0)} / ${fixed(e.D1mw, 0)} | ${fixed(e.ILmr, 1)} / ${fixed(e.DLmr, 1)} / ${fixed(e.DLmw, 1)} | ${fixed(cycleEstimate(e), 0)} | ${ratios(contender, cycleEstimate)} | ${fixed(n.pingsPerTurn, 1)} / ${fixed(counted[contender].pingsPerTurn, 1)} | ${fixed(calls.read, 2)} / ${fixed(calls.write + calls.writev, 2)} / ${fixed(calls.epoll_pwait, 3)} / ${fixed(calls.epoll_ctl, 3)} | ${fixed(n.switchesPerPong!.voluntary, 3)} / ${fixed(n.switchesPerPong!.involuntary, 3)} | ${fixed(n.cpuMicrosPerPong, 2)} | ${n.pongs} / ${counted[contender].pongs} |`)
+  console.log(`| ${contender} | ${fixed(e.Ir, 0)} (${fixed(whole.Ir, 0)}) | ${ratios(contender, (x) => x.Ir)} | ${fixed(e.I1mr, 0)} / ${fixed(e.D1mr, 0)} / ${fixed(e.D1mw, 0)} | ${fixed(e.ILmr, 1)} / ${fixed(e.DLmr, 1)} / ${fixed(e.DLmw, 1)} | ${fixed(cycleEstimate(e), 0)} (${fixed(cycleEstimate(whole), 0)}) | ${ratios(contender, cycleEstimate)} | ${fixed(n.pingsPerTurn, 1)} / ${fixed(counted[contender].pingsPerTurn, 1)} | ${fixed(calls.read, 2)} / ${fixed(calls.write + calls.writev, 2)} / ${fixed(calls.epoll_pwait, 3)} / ${fixed(calls.epoll_ctl, 3)} | ${fixed(n.switchesPerPong!.voluntary, 3)} / ${fixed(n.switchesPerPong!.involuntary, 3)} | ${fixed(n.cpuMicrosPerPong, 2)} | ${n.pongs} / ${counted[contender].pongs} |`)
 }
