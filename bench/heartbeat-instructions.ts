@@ -8,8 +8,8 @@
  *
  * For each contender (the stabilizer, ws's README sweep, the same sweep on raw
  * @fastify/websocket), in this order:
- * 1. natively: N idle connections, a window of `windows` intervals after three intervals of
- *    warm-up and a full GC: system calls (`perf stat`, kernel tracepoints: read, write, writev,
+ * 1. natively: N idle connections, a window of `windows` intervals after `warmIntervals`
+ *    intervals of warm-up and a full GC: system calls (`perf stat`, kernel tracepoints: read, write, writev,
  *    epoll_pwait, epoll_ctl) and the main thread's context switches per ping/pong; the
  *    stabilizer's pings per turn;
  * 2. under `valgrind --tool=callgrind --cache-sim=yes` (instrumentation off until the window,
@@ -28,9 +28,9 @@
  *
  * With `HEARTBEAT_CALLGRIND_KEEP=1` each run's callgrind dump is kept (its path is printed) for
  * `callgrind_annotate`: which functions the instructions and misses went to.
- * Run: npx tsx bench/heartbeat-instructions.ts [connections=10000] [intervalMs=25000] [windows=3] [budgetMs=30]
+ * Run: npx tsx bench/heartbeat-instructions.ts [connections=10000] [intervalMs=25000] [windows=3] [budgetMs=30] [warmIntervals=8]
  * Needs valgrind (callgrind_control) and, for the system calls, perf (Debian: valgrind, linux-perf).
- * Takes ~20 minutes at the defaults.
+ * Takes ~30 minutes at the defaults.
  */
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
@@ -45,6 +45,12 @@ const connections = Number(process.argv[2] ?? 10_000)
 const interval = Number(process.argv[3] ?? 25_000)
 const windows = Number(process.argv[4] ?? 3)
 const budgetMs = Number(process.argv[5] ?? 30)
+/**
+ * A sweep's loop runs once per interval, so its code warms up slowly: after three intervals
+ * the ws sweep still spent ~2 000 instructions per ping/pong in V8's compiler and ~1 000 more
+ * elsewhere than after eight (scratch runs, 10k connections, 25 s).
+ */
+const warmIntervals = Number(process.argv[6] ?? 8)
 const windowMs = windows * interval
 const root = fileURLToPath(new URL('..', import.meta.url))
 const contenders = ['stabilizer', 'ws-sweep', 'fastify-sweep'] as const
@@ -158,10 +164,10 @@ async function measure (contender: string, underCallgrind: boolean): Promise<Run
     for (let left = connections; left > 0; left -= 9000) {
       clients.push(await startClientProcess(`ws://127.0.0.1:${port}/ws`, Math.min(9000, left), { CONNECT_AT_ONCE: '50' }))
     }
-    // Three intervals: every connection has had its jittered first ping and is on its batch,
-    // and the code on the path is optimised. Then a full GC, and time for its sweeping to end
-    // (under callgrind it would otherwise land in the window: a fifth of one window's count).
-    await new Promise((resolve) => setTimeout(resolve, 3 * interval + 2000))
+    // Every connection has had its jittered first ping and is on its batch, and the code on the
+    // path is optimised. Then a full GC, and time for its sweeping to end (under callgrind it
+    // would otherwise land in the window: a fifth of one window's count).
+    await new Promise((resolve) => setTimeout(resolve, warmIntervals * interval + 2000))
     await ask('gc')
     await new Promise((resolve) => setTimeout(resolve, 5000))
     if (underCallgrind) callgrind('--instr=on')
@@ -202,7 +208,7 @@ async function measure (contender: string, underCallgrind: boolean): Promise<Run
   }
 }
 
-console.log(`# heartbeat instructions — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, ${connections} idle connections, interval ${interval} ms, window ${windowMs} ms, ping budget under callgrind ${budgetMs} ms\n`)
+console.log(`# heartbeat instructions — ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, Node ${process.version}, ${connections} idle connections, interval ${interval} ms, ${warmIntervals} intervals of warm-up, window ${windowMs} ms, ping budget under callgrind ${budgetMs} ms\n`)
 const native: Record<string, Run> = {}
 const counted: Record<string, Run> = {}
 for (const contender of contenders) {
