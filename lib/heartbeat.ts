@@ -134,7 +134,7 @@ export class HeartbeatScheduler {
   readonly counters: HeartbeatCounters = { pingsSent: 0, pongsReceived: 0, timeouts: 0, reprieves: 0, longestTickMs: 0 }
   /**
    * Milliseconds one turn may spend sending pings. Not an option: `bench/heartbeat-instructions.ts`
-   * raises it for a server running under an instruction counter (~25× slower), so that a turn
+   * raises it for a server running under an instruction counter (25–60× slower), so that a turn
    * sends as many pings there as natively.
    */
   pingBudgetMs = pingBudgetMs
