@@ -47,7 +47,7 @@ const windows = Number(process.argv[4] ?? 3)
 const budgetMs = Number(process.argv[5] ?? 30)
 /**
  * A sweep's loop runs once per interval, so its code warms up slowly: after three intervals
- * the ws sweep still spent ~2 000 instructions per ping/pong in V8's compiler and ~1 000 more
+ * the ws sweep still spent ~2 000 instructions per ping/pong in V8's compiler and ~900 more
  * elsewhere than after eight (scratch runs, 10k connections, 25 s).
  */
 const warmIntervals = Number(process.argv[6] ?? 8)
