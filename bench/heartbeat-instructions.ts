@@ -40,6 +40,7 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { startClientProcess, killProcess } from '../test/fixtures/processes.js'
+import { perfStat } from './perf-stat.js'
 
 const connections = Number(process.argv[2] ?? 10_000)
 const interval = Number(process.argv[3] ?? 25_000)
@@ -71,19 +72,10 @@ function switches (pid: number): { voluntary: number, involuntary: number } {
   return { voluntary: Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1]), involuntary: Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1]) }
 }
 
-/** `perf stat` of the server's system calls over `seconds`; resolves with each call's count (NaN without perf). */
+/** The server's system calls over `seconds`, by call (NaN without perf). */
 async function countSyscalls (pid: number, seconds: number): Promise<Record<string, number>> {
-  const counts: Record<string, number> = Object.fromEntries(syscalls.map((name) => [name, Number.NaN]))
-  const perf = spawn('perf', ['stat', '-x,', '-e', syscalls.map((name) => `syscalls:sys_enter_${name}`).join(','), '-p', String(pid), '--', 'sleep', String(seconds)], { stdio: ['ignore', 'ignore', 'pipe'] })
-  let output = ''
-  perf.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  perf.on('error', () => {})
-  await once(perf, 'close')
-  for (const line of output.split('\n')) {
-    const [value, , event] = line.split(',')
-    if (event?.startsWith('syscalls:sys_enter_') === true) counts[event.slice('syscalls:sys_enter_'.length)] = Number(value)
-  }
-  return counts
+  const counts = await perfStat(pid, seconds, syscalls.map((name) => `syscalls:sys_enter_${name}`))
+  return Object.fromEntries(syscalls.map((name) => [name, counts[`syscalls:sys_enter_${name}`]]))
 }
 
 /** The "totals:" of every callgrind dump in `dir` (the window's: nothing is counted before it), by event. */

@@ -25,6 +25,7 @@ import { createInterface } from 'node:readline'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { startClientProcess, killProcess } from '../test/fixtures/processes.js'
+import { perfStat } from './perf-stat.js'
 
 const sizes = (process.argv[2] ?? '10000,18000').split(',').map(Number)
 const rounds = Number(process.argv[3] ?? 3)
@@ -59,20 +60,9 @@ const perfEvents = {
   writevs: 'syscalls:sys_enter_writev'
 } as const
 type PerfCounts = Record<keyof typeof perfEvents, number>
-const perfWorks = spawnSync('perf', ['stat', '-x,', '-e', perfEvents.wakeups, 'true'], { encoding: 'utf8' }).stderr?.includes(perfEvents.wakeups) === true
 async function countEvents (pid: number, seconds: number): Promise<PerfCounts> {
-  const counts = Object.fromEntries(Object.keys(perfEvents).map((key) => [key, Number.NaN])) as PerfCounts
-  if (!perfWorks) return counts
-  const perf = spawn('perf', ['stat', '-x,', '-e', Object.values(perfEvents).join(','), '-p', String(pid), '--', 'sleep', String(seconds)], { stdio: ['ignore', 'ignore', 'pipe'] })
-  let output = ''
-  perf.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  await once(perf, 'close')
-  for (const line of output.split('\n')) {
-    const [value, , event] = line.split(',')
-    const key = (Object.keys(perfEvents) as Array<keyof typeof perfEvents>).find((name) => perfEvents[name] === event)
-    if (key !== undefined) counts[key] = Number(value) // "<not supported>" gives NaN
-  }
-  return counts
+  const counts = await perfStat(pid, seconds, Object.values(perfEvents))
+  return Object.fromEntries(Object.entries(perfEvents).map(([key, event]) => [key, counts[event]])) as PerfCounts
 }
 
 /**
