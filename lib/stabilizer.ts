@@ -14,7 +14,7 @@ import {
   WebSocketStabilizerError
 } from './errors.js'
 import { fanOut, Outbound, transportDestroyed, writeTo, type BroadcastResult, type OutboundGate } from './fanout.js'
-import { sendEmptyPing } from './wire.js'
+import { sendEmptyPing, takePongs } from './wire.js'
 import { HeartbeatScheduler, type HeartbeatCounters } from './heartbeat.js'
 import { encodeMessage, type OutboundMessage } from './message.js'
 import type { ResolvedOptions } from './options.js'
@@ -610,7 +610,10 @@ export class Stabilizer {
     tracked.on('error', this.onSocketError)
     tracked.on('message', this.onSocketMessage)
     if (this.heartbeat !== undefined) {
-      if (this.options.heartbeatType === 'ping') tracked.on('pong', this.onSocketPong)
+      if (this.options.heartbeatType === 'ping') {
+        tracked.on('pong', this.onSocketPong)
+        takePongs(tracked, this.onSocketPong)
+      }
       if (this.options.anyMessageIsAlive) tracked.on('ping', this.onSocketPing)
     }
     if (this.rateLimited) connection.inbound = new InboundBudget(this.options.inboundMessageRate, this.options.inboundByteRate, performance.now())

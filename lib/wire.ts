@@ -73,3 +73,63 @@ export function sendEmptyPing (socket: WebSocket): void {
   if (transport !== undefined) transport.write(emptyPing)
   else socket.ping()
 }
+
+/** What reading pongs off the transport relies on of `ws`'s per-socket Receiver (ws 8, lib/receiver.js). */
+interface ReceiverInternals {
+  /** The parser's state; 0 (GET_INFO) between frames. */
+  _state?: number
+  /** Bytes of a frame received but not yet parsed. */
+  _bufferedBytes?: number
+  /** The last frame's opcode: 0x8 once a close frame came (ws ignores everything after it). */
+  _opcode?: number
+  /** Bytes written to the Receiver (a Writable) and not yet processed (public Writable API). */
+  writableLength: number
+  write: (chunk: unknown, encoding?: unknown, callback?: unknown) => boolean
+}
+
+/** ws's Receiver state between two frames. */
+const RECEIVER_BETWEEN_FRAMES = 0
+const OPEN = 1
+
+/**
+ * Whether a chunk the transport delivered is exactly one whole pong from a client (RFC 6455
+ * §5.5.3): FIN with opcode 0xA and clear RSV bits, masked, a payload of at most 125 bytes, and
+ * nothing after it.
+ */
+function isWholePong (chunk: Buffer): boolean {
+  if (chunk.length < 6 || chunk.length > 131 || chunk[0] !== 0x8a) return false
+  const second = chunk[1]
+  return (second & 0x80) !== 0 && chunk.length === 6 + (second & 0x7f)
+}
+
+/**
+ * Takes a client's pongs off the transport before ws parses them, and calls `onPong` instead of
+ * ws emitting 'pong', where `listeners` holds only the pong listener the caller registered.
+ * ws parses every inbound chunk through its Receiver, a Writable stream: a pong costs a stream
+ * write with its deferred callback, the frame parse and two 'pong' emits. An idle connection's
+ * pong arrives as a chunk of its own; where ws's parser stands between frames, with nothing
+ * buffered and no close received, that chunk is a whole frame and ws would have done nothing
+ * else with it than emit 'pong' (an empty pong carries no data we read). Anything else — a
+ * chunk holding more than the pong, half a frame, a frame ws would reject, a socket no longer
+ * open, an app that listens to 'pong' itself — goes to ws as before. These fields are `ws`
+ * internals (stable through ws 8); if they change, this returns false and every pong goes
+ * through ws: slower, still correct. test/wire.test.ts fails if the installed `ws` no longer
+ * allows it.
+ */
+export function takePongs<S extends WebSocket> (socket: S, onPong: (this: S) => void): boolean {
+  const receiver = (socket as unknown as { _receiver?: ReceiverInternals })._receiver
+  if (receiver === undefined || receiver._state !== RECEIVER_BETWEEN_FRAMES || receiver._bufferedBytes !== 0 || typeof receiver.write !== 'function' || typeof receiver.writableLength !== 'number') return false
+  const write = receiver.write
+  receiver.write = function (chunk, encoding, callback) {
+    if (
+      isWholePong(chunk as Buffer) &&
+      receiver._state === RECEIVER_BETWEEN_FRAMES && receiver._bufferedBytes === 0 && receiver._opcode !== 0x8 && receiver.writableLength === 0 &&
+      socket.readyState === OPEN && socket.listenerCount('pong') === 1
+    ) {
+      onPong.call(socket)
+      return true
+    }
+    return write.call(this, chunk, encoding, callback)
+  }
+  return true
+}
