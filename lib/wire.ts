@@ -113,8 +113,8 @@ function isWholePong (chunk: Buffer): boolean {
  * chunk holding more than the pong, half a frame, a frame ws would reject, a socket no longer
  * open, an app that listens to 'pong' itself — goes to ws as before. These fields are `ws`
  * internals (stable through ws 8); if they change, this returns false and every pong goes
- * through ws: slower, still correct. test/wire.test.ts fails if the installed `ws` no longer
- * allows it.
+ * through ws: slower, still correct. test/heartbeat-sockets.test.ts fails if the installed
+ * `ws` no longer lets pongs be taken.
  */
 export function takePongs<S extends WebSocket> (socket: S, onPong: (this: S) => void): boolean {
   const receiver = (socket as unknown as { _receiver?: ReceiverInternals })._receiver

@@ -1,7 +1,8 @@
 import t from 'tap'
 import { once } from 'node:events'
 import { createRequire } from 'node:module'
-import { idleTransport, plainFrameTransport, sendEmptyPing, wholeFrame } from '../lib/wire.js'
+import { idleTransport, plainFrameTransport, sendEmptyPing, takePongs, wholeFrame } from '../lib/wire.js'
+import { clientFrame, openRawPeer } from './fixtures/raw-peer.js'
 import { pythonWebsocketsMissing, startPythonClient } from './fixtures/python-peer.js'
 import { buildApp, listen, openClient, waitFor, withClients } from './fixtures/server.js'
 
@@ -123,4 +124,23 @@ void t.test('an empty ping reaches the client, written directly or through ws wh
   sendEmptyPing(socket)
   await waitFor(() => pings.length === 2)
   t.same(pings.map((data) => data.length), [0, 0], 'both empty')
+})
+
+void t.test('takePongs takes over only a parser that stands between frames', async (t) => {
+  const app = await buildApp({})
+  t.teardown(async () => await app.close())
+  const url = await listen(app)
+  const peer = await openRawPeer(url, '/ws/half')
+  t.teardown(() => peer.destroy())
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  const socket = app.stabilizer.getConnection('half')!.socket
+  const received: string[] = []
+  socket.on('message', (data) => received.push(String(data)))
+  const frame = clientFrame(0x1, Buffer.from('half a frame, then the rest'))
+  peer.sendBytes(frame.subarray(0, 4))
+  await waitFor(() => (socket as unknown as { _receiver: { _bufferedBytes: number } })._receiver._bufferedBytes > 0)
+  t.equal(takePongs(socket, () => { t.fail('no pong was sent') }), false, 'not in the middle of a frame')
+  peer.sendBytes(frame.subarray(4))
+  await waitFor(() => received.length === 1)
+  t.same(received, ['half a frame, then the rest'], 'and the frame is whole when the rest comes')
 })
