@@ -104,7 +104,7 @@ function isWholePong (chunk: Buffer): boolean {
 
 /**
  * Takes a client's pongs off the transport before ws parses them, and calls `onPong` instead of
- * ws emitting 'pong', where `listeners` holds only the pong listener the caller registered.
+ * ws emitting 'pong', while `onPong` is the socket's only 'pong' listener.
  * ws parses every inbound chunk through its Receiver, a Writable stream: a pong costs a stream
  * write with its deferred callback, the frame parse and two 'pong' emits. An idle connection's
  * pong arrives as a chunk of its own; where ws's parser stands between frames, with nothing
@@ -124,7 +124,7 @@ export function takePongs<S extends WebSocket> (socket: S, onPong: (this: S) => 
     if (
       isWholePong(chunk as Buffer) &&
       receiver._state === RECEIVER_BETWEEN_FRAMES && receiver._bufferedBytes === 0 && receiver._opcode !== 0x8 && receiver.writableLength === 0 &&
-      socket.readyState === OPEN && socket.listenerCount('pong') === 1
+      socket.readyState === OPEN && socket.listenerCount('pong') === 1 && socket.listenerCount('pong', onPong) === 1
     ) {
       onPong.call(socket)
       return true

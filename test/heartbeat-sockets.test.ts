@@ -65,7 +65,7 @@ async function pongCounting (app: Awaited<ReturnType<typeof heartbeatApp>>['app'
 }
 
 void t.test('a pong that arrives alone is read off the transport; any other pong goes through ws, as before', async (t) => {
-  const { app, url, seenByHandler } = await heartbeatApp({ heartbeatInterval: 100, heartbeatTimeout: 2000 })
+  const { app, url, seenByHandler } = await heartbeatApp({ heartbeatInterval: 100, heartbeatTimeout: 5000 })
   t.teardown(() => app.close())
   const { peer, socket, counted, parsedByWs, answer } = await pongCounting(app, url, 'p')
   t.teardown(() => peer.destroy())
@@ -91,6 +91,13 @@ void t.test('a pong that arrives alone is read off the transport; any other pong
   await answer(clientFrame(0xa, Buffer.from('for the app')))
   t.same([counted(), parsedByWs()], [5, 3], 'with a \'pong\' listener of the app\'s, ws parses it')
   t.same(appSaw, ['for the app'], 'and the app\'s listener gets its payload')
+
+  socket.removeAllListeners('pong')
+  const appOnly: string[] = []
+  socket.on('pong', (data) => appOnly.push(String(data)))
+  await answer(clientFrame(0xa, Buffer.from('only the app listens')))
+  t.same(appOnly, ['only the app listens'], 'the app\'s listener in place of the stabilizer\'s: it gets the pong')
+  t.same([counted(), parsedByWs()], [5, 4], 'through ws, and the heartbeat does not count it')
   t.equal(app.stabilizer.getConnectionCount(), 1, 'the peer stayed connected throughout')
 })
 
