@@ -1,5 +1,5 @@
 import type { Duplex } from 'node:stream'
-import type { WebSocket } from 'ws'
+import { WebSocket } from 'ws'
 
 /**
  * A broadcast framed once: the whole unmasked data frame a server sends (RFC 6455 §5.2: FIN,
@@ -89,7 +89,6 @@ interface ReceiverInternals {
 
 /** ws's Receiver state between two frames. */
 const RECEIVER_BETWEEN_FRAMES = 0
-const OPEN = 1
 
 /**
  * Whether a chunk the transport delivered is exactly one whole pong from a client (RFC 6455
@@ -109,7 +108,7 @@ function isWholePong (chunk: Buffer): boolean {
  * write with its deferred callback, the frame parse and two 'pong' emits. An idle connection's
  * pong arrives as a chunk of its own; where ws's parser stands between frames, with nothing
  * buffered and no close received, that chunk is a whole frame and ws would have done nothing
- * else with it than emit 'pong' (an empty pong carries no data we read). Anything else — a
+ * else with it than emit 'pong' (whose payload the stabilizer does not read). Anything else — a
  * chunk holding more than the pong, half a frame, a frame ws would reject, a socket no longer
  * open, an app that listens to 'pong' itself — goes to ws as before. These fields are `ws`
  * internals (stable through ws 8); if they change, this returns false and every pong goes
@@ -124,7 +123,7 @@ export function takePongs<S extends WebSocket> (socket: S, onPong: (this: S) => 
     if (
       isWholePong(chunk as Buffer) &&
       receiver._state === RECEIVER_BETWEEN_FRAMES && receiver._bufferedBytes === 0 && receiver._opcode !== 0x8 && receiver.writableLength === 0 &&
-      socket.readyState === OPEN && socket.listenerCount('pong') === 1 && socket.listenerCount('pong', onPong) === 1
+      socket.readyState === WebSocket.OPEN && socket.listenerCount('pong') === 1 && socket.listenerCount('pong', onPong) === 1
     ) {
       onPong.call(socket)
       return true
