@@ -4,7 +4,7 @@ import { once } from 'node:events'
 import { WebSocket } from 'ws'
 import stabilizer, { CloseCode, type StabilizedConnection, type StabilizerOptions } from '../lib/index.js'
 import { listen, openClient, waitFor } from './fixtures/server.js'
-import { clientFrame, closeCodeIn, openRawPeer, pingsIn, framesIn, type RawPeer } from './fixtures/raw-peer.js'
+import { clientFrame, closeCodeIn, openRawPeer, pingsIn, framesIn } from './fixtures/raw-peer.js'
 
 interface Disconnect { id: string, code: number, reason: string, lastRtt: number | undefined, at: number }
 
@@ -43,66 +43,74 @@ void t.test('ping frames: a conforming client answers by itself; RTT is measured
 
 /**
  * A raw peer's connection and two counts: pongs the heartbeat took (`counted`) and pongs ws's
- * own parser emitted (`parsedByWs`); `answer` waits for the next ping, writes `bytes` in one
- * write and gives the server time to read it.
+ * own parser emitted (`parsedByWs`). `nextPing` waits for a ping not answered yet; `answer`
+ * writes `bytes` in one write to it and waits until `processed` holds.
  */
-async function pongCounting (app: Awaited<ReturnType<typeof heartbeatApp>>['app'], url: string, id: string): Promise<{ peer: RawPeer, socket: WebSocket, counted: () => number, parsedByWs: () => number, answer: (...writes: Buffer[]) => Promise<void> }> {
+async function pongCounting (app: Awaited<ReturnType<typeof heartbeatApp>>['app'], url: string, id: string) {
   const peer = await openRawPeer(url, `/ws/${id}`)
   await waitFor(() => app.stabilizer.getConnection(id) !== undefined)
   const socket = app.stabilizer.getConnection(id)!.socket
+  const receiver = (socket as unknown as { _receiver: WebSocket & { _bufferedBytes: number } })._receiver
   let parsedByWs = 0
-  ;(socket as unknown as { _receiver: WebSocket })._receiver.on('pong', () => { parsedByWs++ })
+  receiver.on('pong', () => { parsedByWs++ })
   const counted = (): number => app.stabilizer.getStats().heartbeat.pongsReceived
-  const answer = async (...writes: Buffer[]): Promise<void> => {
-    const pings = pingsIn(peer.received())
-    await waitFor(() => pingsIn(peer.received()) > pings, 3000)
-    for (const bytes of writes) {
-      peer.sendBytes(bytes)
-      await new Promise((resolve) => setTimeout(resolve, 30))
-    }
+  // Pings answered so far: the next ping may come while the last answer is still being read
+  // (a batch sends it up to one interval early), so it is counted from the peer's side.
+  let answered = 0
+  const nextPing = async (): Promise<void> => {
+    await waitFor(() => pingsIn(peer.received()) > answered, 3000)
+    answered = pingsIn(peer.received())
   }
-  return { peer, socket, counted, parsedByWs: () => parsedByWs, answer }
+  const answer = async (bytes: Buffer, processed: () => boolean): Promise<void> => {
+    await nextPing()
+    peer.sendBytes(bytes)
+    await waitFor(processed, 3000)
+  }
+  return { peer, socket, receiver, counted, parsedByWs: () => parsedByWs, nextPing, answer }
 }
 
 void t.test('a pong that arrives alone is read off the transport; any other pong goes through ws, as before', async (t) => {
   const { app, url, seenByHandler } = await heartbeatApp({ heartbeatInterval: 100, heartbeatTimeout: 5000 })
   t.teardown(() => app.close())
-  const { peer, socket, counted, parsedByWs, answer } = await pongCounting(app, url, 'p')
+  const { peer, socket, receiver, counted, parsedByWs, nextPing, answer } = await pongCounting(app, url, 'p')
   t.teardown(() => peer.destroy())
 
-  await answer(clientFrame(0xa, Buffer.alloc(0)))
-  t.equal(counted(), 1, 'an empty pong is counted')
-  t.equal(parsedByWs(), 0, 'without ws parsing it (if this fails, ws changed the internals lib/wire.ts relies on)')
+  await answer(clientFrame(0xa, Buffer.alloc(0)), () => counted() === 1)
+  t.equal(parsedByWs(), 0, 'an empty pong is counted without ws parsing it (if this fails, ws changed the internals lib/wire.ts relies on)')
   t.type(app.stabilizer.getConnection('p')!.lastRtt, 'number', 'and its RTT is measured')
 
-  await answer(clientFrame(0xa, Buffer.alloc(125, 7)))
-  t.same([counted(), parsedByWs()], [2, 0], 'a pong with the longest payload a control frame may carry, the same')
+  await answer(clientFrame(0xa, Buffer.alloc(125, 7)), () => counted() === 2)
+  t.equal(parsedByWs(), 0, 'a pong with the longest payload a control frame may carry, the same')
 
-  await answer(Buffer.concat([clientFrame(0xa, Buffer.alloc(0)), clientFrame(0x1, Buffer.from('after the pong'))]))
-  t.same([counted(), parsedByWs()], [3, 1], 'a pong and a message in one chunk: ws parses both')
+  await answer(Buffer.concat([clientFrame(0xa, Buffer.alloc(0)), clientFrame(0x1, Buffer.from('after the pong'))]), () => counted() === 3 && seenByHandler.length === 1)
+  t.equal(parsedByWs(), 1, 'a pong and a message in one chunk: ws parses both')
   t.same(seenByHandler, ['after the pong'], 'and the message reaches the handler')
 
   const split = clientFrame(0xa, Buffer.from('split'))
-  await answer(split.subarray(0, 3), split.subarray(3))
-  t.same([counted(), parsedByWs()], [4, 2], 'a pong in two chunks: ws joins and parses it')
+  await nextPing()
+  peer.sendBytes(split.subarray(0, 3))
+  await waitFor(() => receiver._bufferedBytes > 0)
+  peer.sendBytes(split.subarray(3))
+  await waitFor(() => counted() === 4)
+  t.equal(parsedByWs(), 2, 'a pong in two chunks: ws joins and parses it')
 
   const appSaw: string[] = []
   socket.on('pong', (data) => appSaw.push(String(data)))
-  await answer(clientFrame(0xa, Buffer.from('for the app')))
-  t.same([counted(), parsedByWs()], [5, 3], 'with a \'pong\' listener of the app\'s, ws parses it')
+  await answer(clientFrame(0xa, Buffer.from('for the app')), () => appSaw.length === 1)
+  t.same([counted(), parsedByWs()], [5, 3], 'with a \'pong\' listener of the app\'s, ws parses it and the heartbeat counts it')
   t.same(appSaw, ['for the app'], 'and the app\'s listener gets its payload')
 
   socket.removeAllListeners('pong')
   const appOnly: string[] = []
   socket.on('pong', (data) => appOnly.push(String(data)))
-  await answer(clientFrame(0xa, Buffer.from('only the app listens')))
+  await answer(clientFrame(0xa, Buffer.from('only the app listens')), () => appOnly.length === 1)
   t.same(appOnly, ['only the app listens'], 'the app\'s listener in place of the stabilizer\'s: it gets the pong')
   t.same([counted(), parsedByWs()], [5, 4], 'through ws, and the heartbeat does not count it')
   t.equal(app.stabilizer.getConnectionCount(), 1, 'the peer stayed connected throughout')
 })
 
-void t.test('pongs that ws rejects are rejected as before; pongs after a close frame are ignored', async (t) => {
-  const { app, url, disconnects } = await heartbeatApp({ heartbeatInterval: 100, heartbeatTimeout: 2000 })
+void t.test('pongs that ws rejects are rejected as before', async (t) => {
+  const { app, url } = await heartbeatApp({ heartbeatInterval: 100, heartbeatTimeout: 5000 })
   t.teardown(() => app.close())
   const rejected = [
     ['unmasked', clientFrame(0xa, Buffer.alloc(0), { masked: false })],
@@ -112,20 +120,12 @@ void t.test('pongs that ws rejects are rejected as before; pongs after a close f
   for (const [what, frame] of rejected) {
     const { peer, counted, answer } = await pongCounting(app, url, 'bad')
     const before = counted()
-    await answer(frame)
-    await waitFor(() => closeCodeIn(peer.received()) !== undefined, 3000)
+    await answer(frame, () => closeCodeIn(peer.received()) !== undefined)
     t.equal(closeCodeIn(peer.received()), CloseCode.PROTOCOL_ERROR, `a pong ${what}: closed with 1002`)
     t.equal(counted(), before, 'and not counted')
     peer.destroy()
     await waitFor(() => app.stabilizer.getConnectionCount() === 0)
   }
-
-  const { peer, counted, parsedByWs, answer } = await pongCounting(app, url, 'closing')
-  t.teardown(() => peer.destroy())
-  await answer(clientFrame(0x8, Buffer.from([0x03, 0xe8])), clientFrame(0xa, Buffer.alloc(0)))
-  t.equal(closeCodeIn(peer.received()), 1000, 'the close frame is answered')
-  t.same([counted(), parsedByWs()], [0, 0], 'a pong after it is neither counted nor parsed')
-  await waitFor(() => disconnects.some((d) => d.id === 'closing'))
 })
 
 void t.test('a silent peer is terminated within interval + timeout, not before the timeout, and onDisconnect says why', async (t) => {
