@@ -1,4 +1,57 @@
 /**
+ * Admission bookkeeping: the slots that admitted upgrades hold against `maxConnections`, the
+ * per-IP caps and connect rates, and the ticket that owns both from admission to release.
+ */
+
+/**
+ * What one admitted upgrade holds: a slot until it becomes a connection (the connection then
+ * counts itself), and its IP's count until the connection closes. Released exactly once.
+ */
+export class AdmissionTicket {
+  private holdsSlot = true
+
+  constructor (private readonly gate: AdmissionGate, private ip: string | undefined) {}
+
+  /** The upgrade became a connection: its slot ends; the IP stays counted until `release()`. */
+  connected (): void {
+    if (!this.holdsSlot) return
+    this.holdsSlot = false
+    this.gate.reserved--
+  }
+
+  /** Gives back whatever the ticket still holds. Idempotent. */
+  release (): void {
+    this.connected()
+    if (this.ip === undefined) return
+    this.gate.perIp.release(this.ip)
+    this.ip = undefined
+  }
+}
+
+/** Slots of admitted upgrades not yet connected, and the per-IP limits. */
+export class AdmissionGate {
+  /** Upgrades admitted but not yet connected; counted against `maxConnections`. */
+  reserved = 0
+  readonly perIp: PerIpAdmission
+
+  constructor (private readonly maxConnections: number, maxPerIp: number, connectsPerSecond: number) {
+    this.perIp = new PerIpAdmission(maxPerIp, connectsPerSecond)
+  }
+
+  /** Whether one more connection fits next to `open` ones (a replacement always fits). */
+  hasRoom (open: number, replacing: boolean): boolean {
+    return replacing || open + this.reserved < this.maxConnections
+  }
+
+  /** Reserves a slot, and counts `ip` when per-IP caps are on (undefined otherwise). */
+  admit (ip: string | undefined): AdmissionTicket {
+    this.reserved++
+    if (ip !== undefined) this.perIp.acquire(ip)
+    return new AdmissionTicket(this, ip)
+  }
+}
+
+/**
  * Per-IP admission: a cap on open connections per IP and a connect-rate token bucket per IP.
  * The IP is Fastify's `request.ip`, so `trustProxy` decides whether it is the peer or the
  * client behind a proxy. Memory stays bounded: an IP's count goes when its last connection

@@ -1,7 +1,9 @@
+/** One connection's state and lifecycle, and the read-only view of it that the API exposes. */
 import type { WebSocket } from 'ws'
 import { HeartbeatState } from './heartbeat.js'
 import type { InboundBudget } from './rate-limit.js'
-import type { ReplayLog } from './replay.js'
+import type { AdmissionTicket } from './admission.js'
+import type { CatchUp } from './resume.js'
 import { randomBytes } from 'node:crypto'
 
 /** open → closing (a close was started) → closed (the socket emitted 'close'). */
@@ -87,18 +89,21 @@ export class Connection implements StabilizedConnection {
   droppedMessages = 0
   private session: string | undefined = undefined
   private secret: string | undefined = undefined
-  /** The IP counted against `maxConnectionsPerIp` for this connection, released once at close. */
-  countedIp: string | undefined = undefined
+  /** What the upgrade's admission still holds for this connection (its per-IP count), released once at close. */
+  ticket: AdmissionTicket | undefined = undefined
   /** Inbound token buckets, when rate limiting is on. */
   inbound: InboundBudget | undefined = undefined
-  /** The session's outbound log (`stabilizer.v1` connections only): numbers and keeps what it is sent. */
-  replay: ReplayLog | undefined = undefined
+  /** Whether the client speaks `stabilizer.v1`. */
+  readonly protocol: boolean
+  /** Set while the positions of some of its streams are being read: what reaches it meanwhile waits here. */
+  catchUp: CatchUp | undefined = undefined
   private groupSet: Set<string> | undefined = undefined
   private closeTimer: NodeJS.Timeout | undefined = undefined
   private closedWaiters: Array<() => void> | undefined = undefined
 
-  constructor (id: string, socket: WebSocket, metadata: Readonly<Record<string, unknown>>, remoteAddress: string | undefined, now: number) {
+  constructor (id: string, socket: WebSocket, metadata: Readonly<Record<string, unknown>>, remoteAddress: string | undefined, now: number, protocol: boolean) {
     this.id = id
+    this.protocol = protocol
     this.socket = socket
     this.metadata = metadata
     this.remoteAddress = remoteAddress
@@ -125,10 +130,6 @@ export class Connection implements StabilizedConnection {
   get connectionSecret (): string {
     this.secret ??= randomBytes(16).toString('base64url')
     return this.secret
-  }
-
-  get protocol (): boolean {
-    return this.replay !== undefined
   }
 
   get lastRtt (): number | undefined {

@@ -1,20 +1,26 @@
+/**
+ * Local delivery: one message to this instance's recipients, encoded and framed once and
+ * shared by every socket, never waiting on a slow socket.
+ */
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { WebSocket } from 'ws'
+import type { StreamEntry } from './adapter/adapter.js'
 import type { Connection } from './connection.js'
 import type { EncodedMessage } from './message.js'
-import { messageFrame, textPayload } from './protocol.js'
+import { binaryMessageFrame, textMessageFrame, textPayload } from './protocol.js'
 import { plainFrameTransport, wholeFrame } from './wire.js'
 
 /**
- * Honest counts of one broadcast.
- * - `total`: recipients after exclusions;
+ * Honest counts of one broadcast on this instance.
+ * - `total`: local recipients after exclusions;
  * - `sent`: frames handed to the socket for delivery (not proof of receipt);
  * - `failed`: sockets that refused the frame;
  * - `skipped`: recipients that were closing or closed by the time their turn came;
  * - `dropped`: recipients whose outbound buffer was full (`maxBufferedAmount`): not sent,
  *   and, with `slowConsumerPolicy: 'disconnect'`, closed with 4002;
- * - `queued`: disconnected `stabilizer.v1` clients whose retained session logged the message
- *   for replay when they resume (not counted in `total`).
+ * - `published`: whether the message reached the adapter: stored in its stream's log (what a
+ *   resuming `stabilizer.v1` client is replayed) and handed to every other instance. False
+ *   when the adapter's shared store was unreachable: only local clients got it.
  */
 export interface BroadcastResult {
   total: number
@@ -22,48 +28,83 @@ export interface BroadcastResult {
   failed: number
   skipped: number
   dropped: number
-  queued: number
+  published: boolean
 }
 
+/** Where a message stands in its stream, once published. */
+type Position = Pick<StreamEntry, 'stream' | 'epoch' | 'seq'>
+
 /**
- * One message on its way out: encoded once for plain clients and, on first need, once more
- * as the protocol's payload for `stabilizer.v1` sessions (which frame it with their own
- * sequence number).
+ * One message on its way out: its protocol payload (what streams carry), the plain message
+ * for plain clients, and the `stabilizer.v1` frame of its position, each built once on first
+ * need and shared by every recipient.
  */
 export class Outbound {
-  private payload: Buffer | undefined = undefined
-  private frame: Buffer | undefined = undefined
+  position: Position | undefined = undefined
+  private plainMessage: EncodedMessage | undefined
+  private plainWhole: Buffer | undefined = undefined
   private plainBytes = -1
+  private protocol: EncodedMessage | undefined = undefined
+  private protocolWhole: Buffer | undefined = undefined
 
-  constructor (readonly encoded: EncodedMessage) {}
-
-  /** The payload as the protocol carries it (a JSON string literal for text, the bytes for binary). */
-  get protocolPayload (): Buffer {
-    this.payload ??= this.encoded.binary ? this.encoded.data as Buffer : textPayload(String(this.encoded.data))
-    return this.payload
+  private constructor (readonly payload: Buffer, readonly binary: boolean, plain: EncodedMessage | undefined) {
+    this.plainMessage = plain
   }
 
-  /** Bytes this message adds to a connection's outbound buffer (the protocol's frame is ~30 bytes more). */
+  /** A message of the app's (as `encodeMessage` made it). */
+  static of (encoded: EncodedMessage): Outbound {
+    const payload = encoded.binary ? encoded.data as Buffer : textPayload(String(encoded.data))
+    return new Outbound(payload, encoded.binary, encoded)
+  }
+
+  /** A message that came from the adapter (another instance published it). */
+  static fromEntry (entry: StreamEntry): Outbound {
+    const outbound = new Outbound(entry.payload, entry.binary, undefined)
+    outbound.position = entry
+    return outbound
+  }
+
+  /** The message as a plain client receives it. */
+  get plain (): EncodedMessage {
+    this.plainMessage ??= { data: Buffer.from(JSON.parse(this.payload.toString()) as string), binary: false }
+    return this.plainMessage
+  }
+
+  /** The plain message as one whole WebSocket frame. */
+  get plainFrame (): Buffer {
+    const { data, binary } = this.plain
+    this.plainWhole ??= wholeFrame(typeof data === 'string' ? Buffer.from(data) : data, binary)
+    return this.plainWhole
+  }
+
+  /** The message as a `stabilizer.v1` client receives it: with its position, or without one when unpublished. */
+  get protocolFrame (): EncodedMessage {
+    if (this.protocol === undefined) {
+      const at = this.position
+      const frame = this.binary
+        ? binaryMessageFrame(at?.stream, at?.epoch ?? '', at?.seq ?? 0, this.payload)
+        : textMessageFrame(at?.stream, at?.epoch ?? '', at?.seq ?? 0, this.payload)
+      this.protocol = { data: frame, binary: this.binary }
+    }
+    return this.protocol
+  }
+
+  /** The protocol frame as one whole WebSocket frame. */
+  get protocolWholeFrame (): Buffer {
+    this.protocolWhole ??= wholeFrame(this.protocolFrame.data as Buffer, this.binary)
+    return this.protocolWhole
+  }
+
+  /** Bytes this message adds to a connection's outbound buffer. */
   sizeFor (connection: Connection): number {
-    if (connection.replay !== undefined) return this.protocolPayload.length + 30
-    if (this.plainBytes < 0) this.plainBytes = byteLength(this.encoded)
+    if (connection.protocol) return (this.protocolFrame.data as Buffer).length
+    if (this.plainBytes < 0) this.plainBytes = byteLength(this.plain)
     return this.plainBytes
   }
 
-  /** The plain message as one whole WebSocket frame, built on first need and shared by every plain recipient. */
-  get plainFrame (): Buffer {
-    const { data, binary } = this.encoded
-    this.frame ??= wholeFrame(typeof data === 'string' ? Buffer.from(data) : data, binary)
-    return this.frame
-  }
-
-  /** What to write to `connection`: the plain message, or the session's next numbered frame (logged for replay). */
+  /** What to write to `connection`. */
   frameFor (connection: Connection): EncodedMessage {
-    const replay = connection.replay
-    if (replay === undefined) return this.encoded
-    const payload = this.protocolPayload
-    const { binary } = this.encoded
-    return { data: messageFrame(replay.append(payload, binary), payload, binary), binary }
+    return connection.protocol ? this.protocolFrame : this.plain
   }
 }
 
@@ -73,17 +114,6 @@ export type OutboundGate = (connection: Connection, bytes: number) => boolean
 /** The byte length of an encoded message. */
 export function byteLength (message: EncodedMessage): number {
   return typeof message.data === 'string' ? Buffer.byteLength(message.data) : message.data.length
-}
-
-/**
- * Whether a socket's transport was destroyed. Node calls a pending write's callback with no
- * error when the stream was destroyed before the write completed, so `ws` reports success
- * for bytes that never left; checking the transport when the callback fires keeps
- * `sendToClient` honest. `_socket` is ws's (stable since v1) handle on the net.Socket; if it
- * ever disappears this check degrades to trusting the callback, and test/fanout.test.ts fails.
- */
-export function transportDestroyed (socket: WebSocket): boolean {
-  return (socket as unknown as { _socket?: { destroyed?: boolean } })._socket?.destroyed === true
 }
 
 /** Hands one frame to one connection's socket; false when it is not open or refuses it. */
@@ -105,16 +135,16 @@ export function writeTo (connection: Connection, message: EncodedMessage, callba
 export async function fanOut (
   recipients: Iterable<Connection>,
   message: Outbound,
-  exclude: ReadonlySet<string> | undefined,
+  exclude: readonly string[] | undefined,
   perTurn: number,
-  gate: OutboundGate,
-  onSkipped?: (connection: Connection, message: Outbound) => void
-): Promise<BroadcastResult> {
+  gate: OutboundGate
+): Promise<Omit<BroadcastResult, 'published'>> {
+  const excluded = exclude === undefined || exclude.length === 0 ? undefined : new Set(exclude)
   const targets: Connection[] = []
   for (const connection of recipients) {
-    if (exclude === undefined || !exclude.has(connection.id)) targets.push(connection)
+    if (excluded === undefined || !excluded.has(connection.id)) targets.push(connection)
   }
-  const result: BroadcastResult = { total: targets.length, sent: 0, failed: 0, skipped: 0, dropped: 0, queued: 0 }
+  const result = { total: targets.length, sent: 0, failed: 0, skipped: 0, dropped: 0 }
   let inTurn = 0
   for (const connection of targets) {
     if (inTurn === perTurn) {
@@ -123,11 +153,11 @@ export async function fanOut (
     }
     if (connection.state !== 'open' || connection.socket.readyState !== WebSocket.OPEN) {
       result.skipped++
-      onSkipped?.(connection, message)
       continue
     }
     inTurn++
-    if (!gate(connection, message.sizeFor(connection))) result.dropped++
+    if (connection.catchUp?.holds(message) === true) result.sent++
+    else if (!gate(connection, message.sizeFor(connection))) result.dropped++
     else if (deliver(connection, message)) result.sent++
     else result.failed++
   }
@@ -135,17 +165,15 @@ export async function fanOut (
 }
 
 /**
- * Hands one broadcast to one open recipient: a plain client without compression whose sender
- * is idle gets the shared whole frame written straight to its transport (one buffer, no
+ * Hands one broadcast to one open recipient: a client without compression whose sender is
+ * idle gets the shared whole frame written straight to its transport (one buffer, no
  * per-socket framing); any other goes through `send()`.
  */
 function deliver (connection: Connection, message: Outbound): boolean {
-  if (connection.replay === undefined) {
-    const transport = plainFrameTransport(connection.socket)
-    if (transport !== undefined) {
-      transport.write(message.plainFrame)
-      return true
-    }
+  const transport = plainFrameTransport(connection.socket)
+  if (transport !== undefined) {
+    transport.write(connection.protocol ? message.protocolWholeFrame : message.plainFrame)
+    return true
   }
   return writeTo(connection, message.frameFor(connection))
 }

@@ -45,10 +45,11 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
   if (options.enableReconnect && stabilizer.ephemeralSecret) {
     log.warn('fastify-websocket-stabilizer: no `secrets` configured; reconnect tokens are signed with a random key and will not survive a restart nor work on another instance')
   }
+  await stabilizer.start()
   fastify.decorate('stabilizer', stabilizer)
   fastify.decorateRequest('wsConnection', null)
 
-  const admit = createAdmissionHook(stabilizer, options)
+  const admit = createAdmissionHook(stabilizer, options, log)
   // Added before @fastify/websocket registers its own onRoute hook, so ours sees each
   // websocket route's handler first and can wrap it.
   fastify.addHook('onRoute', createRouteHook(stabilizer, admit, ownsWebsocket, log))
@@ -81,7 +82,7 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
     if (admit.onConnection(socket, raw) && !ownsWebsocket) shieldFromForeignPreClose(wss, socket)
   })
 
-  fastify.addHook('onClose', async () => { stabilizer.destroyAll() })
+  fastify.addHook('onClose', async () => { await stabilizer.destroyAll() })
 
   if (options.statsRoute !== false) registerStatsRoute(fastify, options.statsRoute, stabilizer)
   if (options.enableReconnect && options.reconnectTokenRoute !== false) {
@@ -125,7 +126,9 @@ export const stabilizer = fp(fastifyWebsocketStabilizer, {
 })
 export default stabilizer
 
-export { Stabilizer, type BroadcastOptions, type MemoryUsage, type StabilizerStats, type HeartbeatStats, type RttPercentiles } from './stabilizer.js'
+export { Stabilizer, type BroadcastOptions, type MemoryUsage, type StabilizerStats, type HeartbeatStats, type RttPercentiles, type ClusterStats } from './stabilizer.js'
+export { MemoryAdapter, MemoryHub, type MemoryAdapterOptions } from './adapter/memory.js'
+export * from './adapter/adapter.js'
 export type { StabilizerOptions, ResumeInfo } from './options.js'
 export { defaults as optionDefaults, OptionsSchema } from './options.js'
 export type { StabilizedConnection, ConnectionState, DisconnectCause } from './connection.js'

@@ -3,7 +3,8 @@ import { Value } from '@sinclair/typebox/value'
 import type { FastifyRequest } from 'fastify'
 import { InvalidOptionError } from './errors.js'
 import type { StabilizedConnection } from './connection.js'
-import type { ReplayOutcome } from './replay.js'
+import type { ReplayOutcome } from './protocol.js'
+import type { StabilizerAdapter } from './adapter/adapter.js'
 
 const Milliseconds = (description: string) => Type.Integer({ minimum: 0, description })
 const Count = (description: string) => Type.Integer({ minimum: 1, description })
@@ -58,6 +59,7 @@ export const OptionsSchema = Type.Object({
   onDisconnect: Type.Optional(Type.Function([Type.Any(), Type.Any(), Type.Any()], Type.Any(), { description: 'Called once when a connection has closed.' })),
   statsRoute: Type.Optional(Type.Union([RoutePath, Type.Literal(false)], { description: 'Path of the stats route, or false to not register it.' })),
   statsIncludeClientIds: Type.Optional(Type.Boolean({ description: 'List client ids in the stats route (they can be personal data).' })),
+  adapter: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'Where what other instances must see is kept: the in-process MemoryAdapter (default) or redisAdapter() from fastify-websocket-stabilizer/redis.' })),
   logLevel: Type.Optional(Type.Union([
     Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'),
     Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')
@@ -75,17 +77,25 @@ export interface ResumeInfo {
   stateRestored: boolean
   /**
    * What the client got back of the messages it missed (`stabilizer.v1` clients that said
-   * what they last received): `full`, `partial` (`missed` messages are lost), or `none`
-   * (a plain client, or the session's log was gone).
+   * where they stood): `full`, `partial` (`missed` messages are lost, or `historyLost`), or
+   * `none` (a plain client, or no positions offered).
    */
   replay: ReplayOutcome
   /** Messages sent again. */
   replayed: number
-  /** Messages the client missed and could not be sent again. */
+  /** Messages the client missed and could not be sent again, when their number is known. */
   missed: number
+  /** Whether the history of one of its streams was lost (a restart): an unknown number of messages were missed. */
+  historyLost: boolean
 }
 
-export interface StabilizerOptions extends Omit<SchemaOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'customPing' | 'isCustomPong'> {
+export interface StabilizerOptions extends Omit<SchemaOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'customPing' | 'isCustomPong' | 'adapter'> {
+  /**
+   * Where what other instances must see is kept (broadcast streams and their logs, presence,
+   * retained sessions, redeemed tokens). Default: a `MemoryAdapter` of this process. Use
+   * `redisAdapter()` from `fastify-websocket-stabilizer/redis` to run several instances as one.
+   */
+  adapter?: StabilizerAdapter
   /** Called when a client came back with a reconnect token (after `onConnect`). Errors are logged. */
   onResume?: (connection: StabilizedConnection, info: ResumeInfo) => void | Promise<void>
   /** `heartbeatType: 'custom'`: the ping message. Default `{"type":"ping","ts":<Date.now()>}`. */
@@ -149,7 +159,7 @@ export const defaults = {
   statsIncludeClientIds: false
 }
 
-export type ResolvedOptions = typeof defaults & Pick<StabilizerOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'logLevel' | 'allowedOrigins' | 'secrets'> & {
+export type ResolvedOptions = typeof defaults & Pick<StabilizerOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'logLevel' | 'allowedOrigins' | 'secrets' | 'adapter'> & {
   customPing: (timestamp: number) => string
   isCustomPong: (data: Buffer, isBinary: boolean) => boolean
 }

@@ -1,4 +1,11 @@
+/** Local connections by client id and by group; the group index tells the adapter which group streams to read. */
 import type { Connection } from './connection.js'
+
+/** Called when a group gets its first local member and when it loses its last. */
+export interface GroupEvents {
+  opened: (group: string) => void
+  closed: (group: string) => void
+}
 
 /**
  * Connections by client id and the group index.
@@ -11,11 +18,9 @@ export class Registry {
   private readonly active = new Map<string, Connection>()
   /** Every connection whose socket has not closed yet (open or closing): what shutdown waits for. */
   readonly live = new Set<Connection>()
-  /** Connections that left `active` by starting to close (not by being replaced), until closed. */
-  private readonly closingById = new Map<string, Connection>()
   private readonly groups = new Map<string, Set<Connection>>()
-  /** Upgrades admitted but not yet connected; counted against `maxConnections`. */
-  reserved = 0
+
+  constructor (private readonly events?: GroupEvents) {}
 
   get size (): number {
     return this.active.size
@@ -59,26 +64,14 @@ export class Registry {
    * so that a retained or replacing session can take them over.
    */
   deactivate (connection: Connection): void {
-    if (this.active.get(connection.id) === connection) {
-      this.active.delete(connection.id)
-      this.closingById.set(connection.id, connection)
-    }
+    if (this.active.get(connection.id) === connection) this.active.delete(connection.id)
     for (const group of connection.groups) this.removeMember(group, connection)
   }
 
   /** Forgets `connection` entirely once its socket has closed. */
   remove (connection: Connection): void {
     this.deactivate(connection)
-    if (this.closingById.get(connection.id) === connection) this.closingById.delete(connection.id)
     this.live.delete(connection)
-  }
-
-  /**
-   * The client's last connection while it closes and nothing replaced it: what a message sent
-   * to the client in that moment is logged into (for a `stabilizer.v1` session to replay).
-   */
-  closing (clientId: string): Connection | undefined {
-    return this.closingById.get(clientId)
   }
 
   join (connection: Connection, group: string): boolean {
@@ -87,6 +80,7 @@ export class Registry {
     if (members === undefined) {
       members = new Set()
       this.groups.set(group, members)
+      this.events?.opened(group)
     }
     members.add(connection)
     return true
@@ -102,7 +96,9 @@ export class Registry {
     const members = this.groups.get(group)
     if (members === undefined) return
     members.delete(connection)
-    if (members.size === 0) this.groups.delete(group)
+    if (members.size > 0) return
+    this.groups.delete(group)
+    this.events?.closed(group)
   }
 
   members (group: string): ReadonlySet<Connection> | undefined {

@@ -14,7 +14,7 @@ export const StatsResponseSchema = Type.Object({
   totalDisconnections: Counter,
   closedByCode: Type.Record(Type.String(), Counter, { description: 'Closes by WebSocket close code.' }),
   closedByCause: Type.Record(Type.String(), Counter, { description: 'Closes by cause (client_closed, connection_lost, shutdown…).' }),
-  rejectedUpgrades: Type.Object({ connectionLimit: Counter, shuttingDown: Counter, identity: Counter, origin: Counter, ipLimit: Counter, connectRate: Counter }),
+  rejectedUpgrades: Type.Object({ connectionLimit: Counter, shuttingDown: Counter, identity: Counter, token: Type.Integer({ minimum: 0, description: 'Upgrades refused for their reconnect token (invalid, expired, already used).' }), origin: Counter, ipLimit: Counter, connectRate: Counter }),
   groups: Counter,
   memory: Type.Object({
     connections: Counter,
@@ -47,6 +47,10 @@ export const StatsResponseSchema = Type.Object({
       p99: Type.Union([Type.Number(), Type.Null()])
     }, { description: 'Percentiles of the connections\' smoothed round-trip times.' })
   }),
+  cluster: Type.Optional(Type.Object({
+    instances: Type.Integer({ minimum: 0, description: 'Instances alive, this one included.' }),
+    connections: Type.Integer({ minimum: 0, description: 'Connections held by all of them.' })
+  }, { description: 'Only with a shared adapter (e.g. Redis).' })),
   clientIds: Type.Optional(Type.Array(Type.String(), { description: 'Only with `statsIncludeClientIds: true`.' }))
 }, { $id: 'FastifyWebsocketStabilizerStats' })
 
@@ -90,7 +94,7 @@ export function registerReconnectTokenRoute (
     }
   }, async (request, reply) => {
     const { clientId, connectionSecret } = request.body
-    const wait = stabilizer.takeTokenRequest(clientId)
+    const wait = stabilizer.tokens.takeRequest(clientId)
     if (wait > 0) {
       return await reply.code(429).header('retry-after', wait).send(new TooManyConnectionsError(`Too many token requests for ${clientId}`))
     }

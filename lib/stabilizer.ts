@@ -1,44 +1,38 @@
-import { randomInt, timingSafeEqual } from 'node:crypto'
+/**
+ * `app.stabilizer`, the public API: connections' lifecycle from attach to closed, and the
+ * composition of the parts (binding, registry, heartbeat, fan-out, user data, tokens, resume,
+ * the adapter that everything another instance must see crosses).
+ */
+import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
+import { allStream, clientStream, groupStream, type StabilizerAdapter, type StreamEntry, type StreamMessage } from './adapter/adapter.js'
+import { MemoryAdapter } from './adapter/memory.js'
+import { AdmissionGate, type AdmissionTicket, type PerIpAdmission } from './admission.js'
 import { CloseCode } from './close-codes.js'
 import { Connection, type DisconnectCause, type StabilizedConnection } from './connection.js'
 import {
-  BroadcastFailedError,
-  ConnectionLimitExceededError,
-  ConnectionNotFoundError,
-  InvalidClientIdError,
-  InvalidTokenError,
-  MemoryLimitExceededError,
-  ShutdownError,
-  WebSocketStabilizerError
+  BroadcastFailedError, ConnectionLimitExceededError, ConnectionNotFoundError, InvalidClientIdError,
+  InvalidTokenError, ShutdownError, WebSocketStabilizerError
 } from './errors.js'
-import { fanOut, Outbound, transportDestroyed, writeTo, type BroadcastResult, type OutboundGate } from './fanout.js'
-import { sendEmptyPing, takePongs } from './wire.js'
-import { HeartbeatScheduler, type HeartbeatCounters } from './heartbeat.js'
+import { fanOut, Outbound, writeTo, type BroadcastResult, type OutboundGate } from './fanout.js'
+import { HeartbeatScheduler } from './heartbeat.js'
 import { encodeMessage, type OutboundMessage } from './message.js'
-import type { ResolvedOptions } from './options.js'
-import { Registry } from './registry.js'
-import { drain, type LifecycleState, type ShutdownReport } from './shutdown.js'
-import { pickVictims } from './memory.js'
-import { InboundBudget, inboundSize } from './rate-limit.js'
-import { KeyedRateLimiter, PerIpAdmission } from './admission.js'
-import { MemoryAdapter, type StabilizerAdapter } from './adapter.js'
-import { TokenSigner, type TokenClaims } from './tokens.js'
-import { SessionStore, allowsResume } from './sessions.js'
+import type { ResolvedOptions, ResumeInfo } from './options.js'
 import { paced } from './paced.js'
-import { Counters, mapToRecord, type RejectionReason } from './stats.js'
-import { ReplayLog } from './replay.js'
-import { messageFrame, parseClientFrame, pingFrame, subprotocol, type ResumeReport, type Welcome } from './protocol.js'
-import type { ReplayPlan } from './replay.js'
-import type { ResumeInfo } from './options.js'
+import { followFrame, pingFrame, subprotocol, unfollowFrame, type Welcome } from './protocol.js'
+import { Registry } from './registry.js'
+import { allowsResume, sessionRecord, StreamStarter, type ResumeRequest, type StreamStart } from './resume.js'
+import { drain, type LifecycleState, type ShutdownReport } from './shutdown.js'
+import { isBound, SocketBinding } from './socket-binding.js'
+import { Counters, mapToRecord, rttPercentiles, type MemoryUsage, type RejectionReason, type StabilizerStats } from './stats.js'
+import { ReconnectTokens, type TokenClaims } from './tokens.js'
+import { UserData } from './user-data.js'
+import { sendEmptyPing, transportDestroyed } from './wire.js'
 
-/** What an upgrade that presented a reconnect token asks to resume. */
-export interface ResumeRequest {
-  readonly sessionId: string
-  /** The last sequence number the client received (`stabilizer.v1` clients), if it said. */
-  readonly lastSeq: number | undefined
-}
+export type { MemoryUsage, StabilizerStats, HeartbeatStats, RttPercentiles, ProtectionStats, ClusterStats } from './stats.js'
+export type { ResumeRequest } from './resume.js'
+
 export interface BroadcastOptions {
   /** Client id(s) that must not receive the message. */
   exclude?: string | readonly string[]
@@ -46,231 +40,116 @@ export interface BroadcastOptions {
   group?: string
 }
 
-export interface MemoryUsage {
-  /** Open connections. */
-  connections: number
-  /** Bytes of user data held (serialized size, see `setUserData`). */
-  userDataBytes: number
-  /** Bytes queued for sending on all sockets (`ws` bufferedAmount). */
-  bufferedBytes: number
-  /** Bytes of user data held in retained sessions, waiting for their clients to resume. */
-  retainedSessionBytes: number
-  /** Sessions retained. */
-  retainedSessions: number
-  /** (userDataBytes + bufferedBytes) / connections, 0 with no connection. */
-  averageBytesPerConnection: number
-}
-
-export interface RttPercentiles {
-  /** Connections with a measured RTT. */
-  samples: number
-  p50: number | null
-  p90: number | null
-  p99: number | null
-}
-
-export interface HeartbeatStats extends HeartbeatCounters {
-  type: 'ping' | 'custom'
-  intervalMs: number
-  timeoutMs: number
-  /** Percentiles of the connections' smoothed RTT, in ms (null without a sample). */
-  rttMs: RttPercentiles
-}
-
-export interface ProtectionStats {
-  /** Connections closed (4001) to bring user data back under `maxTotalMemory`. */
-  memoryEvictions: number
-  /** Messages not sent because the recipient's outbound buffer was full. */
-  slowConsumerDrops: number
-  /** Connections closed (4002) for a full outbound buffer. */
-  slowConsumerDisconnects: number
-  /** Inbound messages over the rate limit, never delivered to a handler. */
-  inboundDropped: number
-  /** Connections closed (1008) for sending too fast. */
-  rateLimitCloses: number
-}
-
-export interface StabilizerStats {
-  status: LifecycleState
-  uptimeMs: number
-  activeConnections: number
-  totalConnections: number
-  totalDisconnections: number
-  closedByCode: Record<string, number>
-  closedByCause: Record<string, number>
-  rejectedUpgrades: Record<RejectionReason, number>
-  groups: number
-  memory: MemoryUsage
-  protection: ProtectionStats
-  heartbeat: HeartbeatStats
-  clientIds?: string[]
-}
-
-const kConnection = Symbol('fastify-websocket-stabilizer.connection')
-type TrackedSocket = WebSocket & { [kConnection]?: Connection }
-
 /** Longest client id accepted, in UTF-16 code units. */
 export const maxClientIdLength = 256
 
 /**
- * `app.stabilizer`: the public API. It owns the registry of connections, their lifecycle,
- * fan-out and shutdown. The plugin entry wires it to Fastify.
+ * `app.stabilizer`: the public API. It owns the connections of this instance, their
+ * lifecycle, fan-out and shutdown; the plugin entry wires it to Fastify.
  */
 export class Stabilizer {
-  private readonly registry = new Registry()
-  /** @internal Per-IP caps and connect rates (used by the upgrade admission). */
-  readonly perIp: PerIpAdmission
-  /** @internal Whether reconnect tokens are signed with a random per-process key (none configured). */
-  readonly ephemeralSecret: boolean
-  private readonly tokens: TokenSigner
-  private readonly adapter: StabilizerAdapter
-  private readonly sessions: SessionStore
-  /** Reconnect-token requests per client id, over REST and in-band. */
-  private readonly tokenRequests: KeyedRateLimiter
+  /** @internal The slots of admitted upgrades and the per-IP limits (used by the upgrade admission). */
+  readonly admission: AdmissionGate
+  /** @internal */
+  readonly tokens: ReconnectTokens
+  /** @internal Where what other instances must see is kept. */
+  readonly adapter: StabilizerAdapter
+  private readonly registry: Registry
+  private readonly userData: UserData
+  private readonly binding: SocketBinding
+  private readonly streams: StreamStarter
   private readonly counters = new Counters()
+  private readonly instanceId = randomBytes(9).toString('base64url')
   private lifecycle: LifecycleState = 'running'
   private shutdownRun: Promise<ShutdownReport> | undefined
-  private userDataTotal = 0
-  private readonly options: ResolvedOptions
-  private readonly log: FastifyBaseLogger
-  // One set of socket listeners shared by every connection (no closure per socket).
-  private readonly onSocketClose: (this: TrackedSocket, code: number, reason: Buffer) => void
-  private readonly onSocketError: (this: TrackedSocket, err: Error) => void
-  private readonly onSocketMessage: (this: TrackedSocket) => void
-  private readonly onSocketPong: (this: TrackedSocket) => void
-  private readonly onSocketPing: (this: TrackedSocket) => void
-  /** Takes custom pongs and over-the-rate messages out before any 'message' listener; undefined when neither applies. */
-  private readonly interceptMessages: ((this: TrackedSocket, event: string | symbol, ...args: unknown[]) => boolean) | undefined
-  /** The emit of `stabilizer.v1` sockets: control frames are handled here, app messages are unwrapped. */
-  private readonly interceptProtocol: (this: TrackedSocket, event: string | symbol, ...args: unknown[]) => boolean
-  private readonly rateLimited: boolean
   /** Undefined when `heartbeatInterval` is 0. */
   private readonly heartbeat: HeartbeatScheduler | undefined
   /** The slow-consumer check every outbound message passes. */
   private readonly outboundGate: OutboundGate
+  /** Messages this instance is publishing, by payload: their delivery reuses what was encoded. */
+  private readonly publishing = new WeakMap<Buffer, Outbound>()
+  private started: Promise<void> | undefined = undefined
 
-  constructor (options: ResolvedOptions, log: FastifyBaseLogger) {
-    this.options = options
-    this.log = log
-    this.perIp = new PerIpAdmission(options.maxConnectionsPerIp, options.connectRatePerIp)
-    this.ephemeralSecret = options.secrets === undefined
-    this.tokens = new TokenSigner(options.secrets ?? [TokenSigner.randomSecret()])
-    this.adapter = new MemoryAdapter()
-    this.sessions = new SessionStore(options.resumeWindow, options.maxRetainedSessions)
-    this.tokenRequests = new KeyedRateLimiter(options.tokenRequestsPerMinute, 60)
-    const self = this
-    const { heartbeatInterval, heartbeatTimeout, anyMessageIsAlive, isCustomPong, inboundMessageRate, inboundByteRate } = options
-    this.rateLimited = inboundMessageRate > 0 || inboundByteRate > 0
-    this.heartbeat = heartbeatInterval === 0
+  constructor (private readonly options: ResolvedOptions, private readonly log: FastifyBaseLogger) {
+    this.adapter = options.adapter ?? new MemoryAdapter()
+    this.admission = new AdmissionGate(options.maxConnections, options.maxConnectionsPerIp, options.connectRatePerIp)
+    this.tokens = new ReconnectTokens(options.secrets, options.reconnectTokenTtl, options.tokenRequestsPerMinute, this.adapter)
+    this.registry = new Registry({
+      opened: (group) => this.adapter.subscribe(groupStream(group)),
+      closed: (group) => this.adapter.unsubscribe(groupStream(group))
+    })
+    this.userData = new UserData(options, (victims) => this.evict(victims))
+    this.heartbeat = options.heartbeatInterval === 0
       ? undefined
-      : new HeartbeatScheduler({ interval: heartbeatInterval, timeout: heartbeatTimeout }, {
+      : new HeartbeatScheduler({ interval: options.heartbeatInterval, timeout: options.heartbeatTimeout }, {
         sendPing: (connection) => this.sendHeartbeat(connection),
         terminate: (connection) => {
-          this.log.debug({ clientId: connection.id, lastRtt: connection.lastRtt, timeoutMs: heartbeatTimeout }, 'websocket heartbeat timeout')
+          this.log.debug({ clientId: connection.id, lastRtt: connection.lastRtt, timeoutMs: options.heartbeatTimeout }, 'websocket heartbeat timeout')
           this.terminateConnection(connection, 'heartbeat_timeout')
         }
       })
-    const heartbeat = this.heartbeat
     this.outboundGate = this.createOutboundGate()
-    this.onSocketClose = function (code, reason) {
-      const connection = this[kConnection]
-      if (connection !== undefined) self.closed(connection, code, reason)
-    }
-    this.onSocketError = function (err) {
-      // ws closes the socket after an error; an unclean peer is expected, not a server fault.
-      const connection = this[kConnection]
-      self.log.debug({ err, clientId: connection?.id }, 'websocket error')
-      const protocolClose = protocolErrorCloseCode(err)
-      if (connection !== undefined && connection.state === 'open' && protocolClose !== undefined) {
-        connection.markClosing(protocolClose === CloseCode.MESSAGE_TOO_BIG ? 'message_too_big' : 'protocol_error', protocolClose)
-        self.registry.deactivate(connection)
-      }
-    }
-    this.onSocketMessage = function () {
-      const connection = this[kConnection]
-      if (connection === undefined) return
-      connection.lastActivityAt = Date.now()
-      if (anyMessageIsAlive && heartbeat !== undefined) heartbeat.alive(connection, false)
-    }
-    this.onSocketPong = function () {
-      const connection = this[kConnection]
-      if (connection !== undefined && heartbeat !== undefined) heartbeat.alive(connection, true)
-    }
-    this.onSocketPing = function () {
-      const connection = this[kConnection]
-      if (connection !== undefined && heartbeat !== undefined) heartbeat.alive(connection, false)
-    }
-    // Custom pongs and messages over the inbound rate are taken out before any 'message'
-    // listener sees them, whoever registered the listener (the route handler, or code the
-    // stabilizer never wraps): the socket's own emit is replaced, for these sockets only.
-    const customPongs = heartbeat !== undefined && options.heartbeatType === 'custom'
-    const emit = WebSocket.prototype.emit
-    this.interceptMessages = !customPongs && !this.rateLimited
-      ? undefined
-      : function (event, ...args) {
-        if (event === 'message') {
-          const connection = this[kConnection]
-          if (connection !== undefined) {
-            if (customPongs && isCustomPong(args[0] as Buffer, args[1] as boolean)) {
-              connection.lastActivityAt = Date.now()
-              heartbeat?.alive(connection, true)
-              return true
-            }
-            if (connection.inbound !== undefined && !self.admitInbound(connection, inboundSize(args[0]))) return true
-          }
-        }
-        return emit.call(this, event, ...args)
-      }
-    this.interceptProtocol = function (event, ...args) {
-      if (event !== 'message') return emit.call(this, event, ...args)
-      const connection = this[kConnection]
-      if (connection === undefined) return emit.call(this, event, ...args)
-      if (connection.inbound !== undefined && !self.admitInbound(connection, inboundSize(args[0]))) return true
-      if (args[1] === true) return emit.call(this, event, ...args) // binary: the app's bytes as they are
-      const frame = parseClientFrame(messageText(args[0]))
-      if (frame?.t === 'm') return emit.call(this, event, Buffer.from(frame.d), false)
-      connection.lastActivityAt = Date.now()
-      self.protocolControl(connection, frame)
-      return true
-    }
-  }
-
-  /** A control frame of a `stabilizer.v1` client (undefined: malformed, closed with 1002). */
-  private protocolControl (connection: Connection, frame: ReturnType<typeof parseClientFrame>): void {
-    switch (frame?.t) {
-      case 'pong':
-        this.heartbeat?.alive(connection, true)
-        return
-      case 'ack':
-        connection.replay?.acknowledge(frame.s)
-        this.heartbeat?.alive(connection, false)
-        return
-      case 'token':
-        this.sendTokenInBand(connection)
-        return
-      case 'unknown':
-        return // a newer client's frame: ignored
-      default:
+    this.binding = new SocketBinding(options, this.heartbeat, {
+      closed: (connection, code, reason) => this.closed(connection, code, reason),
+      protocolError: (connection, code) => {
+        connection.markClosing(code === CloseCode.MESSAGE_TOO_BIG ? 'message_too_big' : 'protocol_error', code)
+        this.registry.deactivate(connection)
+      },
+      overRate: (connection) => this.overRate(connection),
+      tokenRequested: (connection) => this.sendTokenInBand(connection),
+      malformed: (connection) => {
         this.log.debug({ clientId: connection.id }, 'websocket protocol error: malformed stabilizer.v1 frame')
         this.closeConnection(connection, CloseCode.PROTOCOL_ERROR, 'malformed stabilizer.v1 frame', 'protocol_error')
-    }
+      }
+    }, log)
+    const replayLimit = options.enableReconnect ? options.replayBufferSize : 0
+    this.streams = new StreamStarter(this.adapter, replayLimit, {
+      welcome: (connection, start) => this.welcome(connection, start),
+      follow: (connection, stream, position) => { connection.socket.send(followFrame(stream, position.epoch, position.seq)) },
+      send: (connection, message) => { this.deliverOne(connection, message) }
+    }, log)
   }
 
-  private sendTokenInBand (connection: Connection): void {
-    let reply: string
-    const wait = this.options.enableReconnect ? this.takeTokenRequest(connection.id) : -1
-    if (wait === 0) {
-      const { token, expiresAt } = this.issueToken(connection.id)
-      reply = JSON.stringify({ t: 'token', token, expiresAt })
-    } else {
-      reply = JSON.stringify({ t: 'token', token: null, retryAfter: wait < 0 ? null : wait })
-    }
-    connection.socket.send(reply)
+  /** @internal Joins the adapter's cluster (at onReady). */
+  async start (): Promise<void> {
+    this.started ??= this.adapter.start({
+      instanceId: this.instanceId,
+      limits: {
+        maxEntries: this.options.enableReconnect ? this.options.replayBufferSize : 0,
+        maxBytes: this.options.replayBufferBytes,
+        retentionMs: this.options.resumeWindow,
+        maxSessions: this.options.maxRetainedSessions
+      },
+      connectionCount: () => this.registry.size,
+      handlers: {
+        deliver: (entry) => this.deliverEntry(entry),
+        replaced: (clientId) => {
+          const connection = this.registry.get(clientId)
+          if (connection !== undefined) this.closeConnection(connection, CloseCode.REPLACED, 'replaced by a newer connection', 'replaced')
+        },
+        disconnect: (clientId, code, reason) => { void this.disconnect(clientId, code, reason) },
+        connectivity: (connected) => {
+          if (connected) this.log.info('websocket adapter connected')
+          else this.log.warn('websocket adapter lost its shared store: messages to other instances wait or fail until it is back')
+        }
+      }
+    }).then(() => { this.adapter.subscribe(allStream) })
+    await this.started
   }
 
   /** 'running', then 'draining' once a shutdown began, then 'closed'. */
   get state (): LifecycleState {
     return this.lifecycle
+  }
+
+  /** @internal Per-IP caps and connect rates. */
+  get perIp (): PerIpAdmission {
+    return this.admission.perIp
+  }
+
+  /** @internal Whether reconnect tokens are signed with a random per-process key (none configured). */
+  get ephemeralSecret (): boolean {
+    return this.tokens.ephemeral
   }
 
   /**
@@ -282,7 +161,7 @@ export class Stabilizer {
   connect (clientId: string, socket: WebSocket, metadata: Record<string, unknown> = {}): StabilizedConnection {
     checkClientId(clientId)
     if (socket.readyState !== WebSocket.OPEN) throw new TypeError('connect() needs an open WebSocket')
-    if ((socket as TrackedSocket)[kConnection] !== undefined) throw new TypeError('This socket is already registered')
+    if (isBound(socket)) throw new TypeError('This socket is already registered')
     if (this.lifecycle !== 'running') {
       this.counters.rejected.shuttingDown++
       socket.close(this.options.shutdownCloseCode, 'server shutting down')
@@ -293,17 +172,18 @@ export class Stabilizer {
       socket.close(CloseCode.TRY_AGAIN_LATER, 'connection limit reached')
       throw new ConnectionLimitExceededError(this.options.maxConnections)
     }
-    return this.attach(clientId, socket, metadata, undefined)
+    return this.attach(clientId, socket, metadata, undefined, undefined)
   }
 
   /**
    * Closes the client's connection with `code` (default 1000) and `reason`; waits for the
-   * close handshake, at most `closeTimeout` before the socket is terminated. Idempotent.
+   * close handshake, at most `closeTimeout` before the socket is terminated. A client held by
+   * another instance is closed there (not awaited). Idempotent.
    * @returns true if this call closed a connection, false if there was none.
    */
   async disconnect (clientId: string, code: number = CloseCode.NORMAL, reason = ''): Promise<boolean> {
     const connection = this.registry.get(clientId)
-    if (connection === undefined) return false
+    if (connection === undefined) return this.adapter.shared ? await this.adapter.disconnect(clientId, code, reason) : false
     this.closeConnection(connection, code, reason, 'server_disconnect')
     await connection.whenClosed()
     return true
@@ -311,63 +191,70 @@ export class Stabilizer {
 
   /**
    * Sends one message (string → text, bytes → binary, anything else → JSON text).
-   * Resolves true once `ws` has written it to the socket, false if the client is gone or the
-   * socket failed before writing it. Never rejects for a gone client.
+   * Resolves true once `ws` has written it to the socket of a client connected here, or once
+   * it is on its way to (or kept for the retained session of) a `stabilizer.v1` client
+   * elsewhere; false if the client is connected and retained nowhere, or the socket failed
+   * before writing it. Never rejects for a gone client.
    * @throws TypeError (as a rejection) when the message cannot be serialized.
    */
   async sendToClient (clientId: string, message: OutboundMessage): Promise<boolean> {
+    const outbound = Outbound.of(encodeMessage(message))
     const connection = this.registry.get(clientId)
-    const outbound = new Outbound(encodeMessage(message))
-    if (connection === undefined) {
-      // A `stabilizer.v1` client gets it on resume: logged into its closing connection's log
-      // (which its retained session will keep), or into its retained session's.
-      const closing = this.registry.closing(clientId)
-      if (closing !== undefined) this.logMissed(closing, outbound)
-      else if (this.sessions.replaySessions > 0) this.sessions.queue(clientId, outbound.protocolPayload, outbound.encoded.binary)
-      return false
+    // A plain client connected here has no stream to replay from: written directly.
+    if (connection !== undefined && !connection.protocol) return await this.writeDirect(connection, outbound)
+    if (connection === undefined && await this.adapter.locate(clientId) === undefined) return false
+    try {
+      const { local } = await this.publish(clientStream(clientId), outbound, undefined)
+      return local === undefined ? true : await (local as Promise<boolean>)
+    } catch (err) {
+      this.log.warn({ err, clientId }, 'websocket direct message not published')
+      return connection === undefined ? false : await this.writeDirect(connection, outbound)
     }
-    if (!this.outboundGate(connection, outbound.sizeFor(connection))) return false
-    return await new Promise<boolean>((resolve) => {
-      const written = (err?: Error): void => resolve(err == null && !transportDestroyed(connection.socket))
-      if (!writeTo(connection, outbound.frameFor(connection), written)) resolve(false)
-    })
   }
 
   /**
-   * Sends one message to every open connection (or a group's members), serialized once,
-   * never waiting on a slow socket, yielding every `maxConcurrentBroadcast` sends.
+   * Sends one message to every open connection (or a group's members) of every instance,
+   * serialized once, never waiting on a slow socket, yielding every `maxConcurrentBroadcast`
+   * sends. Counts are this instance's; `published` says whether it reached the others.
    * @throws BroadcastFailedError (as a rejection) when the message cannot be serialized.
    */
   async broadcast (message: OutboundMessage, options: BroadcastOptions = {}): Promise<BroadcastResult> {
-    let encoded
+    let outbound
     try {
-      encoded = encodeMessage(message, true)
+      outbound = Outbound.of(encodeMessage(message, true))
     } catch (err) {
       throw new BroadcastFailedError((err as Error).message, { cause: err })
     }
     const { exclude, group } = options
-    const excluded = exclude === undefined ? undefined : new Set(typeof exclude === 'string' ? [exclude] : exclude)
-    const outbound = new Outbound(encoded)
-    // Retained sessions first: a client resuming during the fan-out has its log moved to its new connection.
-    const queued = this.sessions.replaySessions === 0 ? 0 : this.sessions.queueBroadcast({ group, exclude: excluded }, outbound.protocolPayload, encoded.binary)
-    const recipients = group === undefined ? this.registry.connections() : this.registry.members(group)
-    const result = recipients === undefined
-      ? { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0, queued: 0 }
-      : await fanOut(recipients, outbound, excluded, this.options.maxConcurrentBroadcast, this.outboundGate, this.logMissed)
-    result.queued = queued
-    return result
+    const excluded = exclude === undefined ? undefined : typeof exclude === 'string' ? [exclude] : [...exclude]
+    const stream = group === undefined ? allStream : groupStream(group)
+    try {
+      const { local } = await this.publish(stream, outbound, excluded)
+      const counts = local === undefined ? { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0 } : await (local as ReturnType<typeof fanOut>)
+      return { ...counts, published: true }
+    } catch (err) {
+      // The shared store is unreachable: local clients still get it, without a position.
+      this.log.warn({ err, stream }, 'websocket broadcast not published; delivered to local clients only')
+      return { ...await this.fanOutLocally(stream, outbound, excluded), published: false }
+    }
   }
 
-  /** Adds the client to `group`. @returns false if the client is not connected or already a member. */
+  /** Adds the client to `group`. @returns false if the client is not connected here or already a member. */
   join (clientId: string, group: string): boolean {
     const connection = this.registry.get(clientId)
-    return connection !== undefined && this.registry.join(connection, group)
+    if (connection === undefined || !this.registry.join(connection, group)) return false
+    if (connection.protocol) this.streams.follow(connection, groupStream(group))
+    this.writeThrough(connection)
+    return true
   }
 
   /** Removes the client from `group`. @returns false if it was not a member. */
   leave (clientId: string, group: string): boolean {
     const connection = this.registry.get(clientId)
-    return connection !== undefined && this.registry.leave(connection, group)
+    if (connection === undefined || !this.registry.leave(connection, group)) return false
+    if (connection.protocol && this.streams.unfollow(connection, groupStream(group))) connection.socket.send(unfollowFrame(groupStream(group)))
+    this.writeThrough(connection)
+    return true
   }
 
   /** Groups of a connected client (empty for an unknown client). */
@@ -375,7 +262,7 @@ export class Stabilizer {
     return [...(this.registry.get(clientId)?.groups ?? [])]
   }
 
-  /** Client ids of the open connections. */
+  /** Client ids of the open connections of this instance. */
   getActiveConnections (): string[] {
     return [...this.registry.ids()]
   }
@@ -402,23 +289,10 @@ export class Stabilizer {
     this.assertReconnectEnabled()
     const connection = this.registry.get(clientId)
     if (connection === undefined) throw new ConnectionNotFoundError(clientId)
-    const { token, claims } = this.tokens.sign(clientId, connection.sessionId, this.options.reconnectTokenTtl)
-    return { token, expiresAt: claims.exp }
-  }
-
-  /** @internal Takes one reconnect-token request of the client's budget: 0, or the seconds to wait. */
-  takeTokenRequest (clientId: string): number {
-    return this.tokenRequests.take(clientId, performance.now())
-  }
-
-  /** @internal Verifies a token without redeeming it (throws the two token errors). */
-  verifyToken (token: string): TokenClaims {
-    return this.tokens.verify(token)
-  }
-
-  /** @internal Redeems a verified token: false if it was already used. */
-  async redeemToken (claims: TokenClaims): Promise<boolean> {
-    return await this.adapter.redeemToken(claims.jti, claims.exp)
+    const first = !connection.hasSession
+    const issued = this.tokens.issue(clientId, connection.sessionId)
+    if (first) this.writeThrough(connection)
+    return issued
   }
 
   /** @internal Whether `secret` is the connection secret of the client's open connection (constant time). */
@@ -431,16 +305,21 @@ export class Stabilizer {
   }
 
   /**
-   * Verifies and redeems a reconnect token (a token is valid once), resolving with its client
-   * id. Shares redemptions with every instance through the adapter.
+   * Verifies and redeems a reconnect token (a token is valid once, across every instance of
+   * the adapter), resolving with its client id.
    * @throws InvalidTokenError malformed, tampered, signed by an unknown key, not yet valid or already used.
    * @throws TokenExpiredError expired.
    */
   async validateReconnectToken (token: string): Promise<string> {
     this.assertReconnectEnabled()
     const claims = this.tokens.verify(token)
-    if (!await this.redeemToken(claims)) throw new InvalidTokenError('already used')
+    if (!await this.tokens.redeem(claims)) throw new InvalidTokenError('already used')
     return claims.cid
+  }
+
+  /** @internal The session a redeemed token resumes, taken from the adapter (undefined when gone). */
+  async takeSession (claims: TokenClaims): Promise<ResumeRequest['record']> {
+    return await this.adapter.takeSession(claims.cid, claims.sid)
   }
 
   /**
@@ -471,31 +350,8 @@ export class Stabilizer {
   setUserData (clientId: string, key: string, value: unknown): void {
     const connection = this.registry.get(clientId)
     if (connection === undefined) throw new ConnectionNotFoundError(clientId)
-    const previous = connection.userData?.get(key)
-    if (value === undefined) {
-      if (previous === undefined) return
-      connection.userData?.delete(key)
-      this.adjustUserData(connection, -previous.size)
-      return
-    }
-    const json = JSON.stringify(value)
-    if (json === undefined) throw new TypeError(`Cannot store a value of type ${typeof value}`)
-    const size = Buffer.byteLength(key) + Buffer.byteLength(json)
-    const delta = size - (previous?.size ?? 0)
-    const held = connection.userDataBytes + delta
-    const { maxMemoryPerConnection, maxTotalMemory } = this.options
-    if (maxMemoryPerConnection > 0 && held > maxMemoryPerConnection) {
-      throw new MemoryLimitExceededError(`client "${clientId}" would hold ${held} bytes of user data; maxMemoryPerConnection is ${maxMemoryPerConnection}`)
-    }
-    if (maxTotalMemory > 0 && this.userDataTotal + delta > maxTotalMemory) {
-      if (held > maxTotalMemory) {
-        throw new MemoryLimitExceededError(`client "${clientId}" would hold ${held} bytes of user data, more than maxTotalMemory (${maxTotalMemory}) on its own`)
-      }
-      this.evict(pickVictims(this.registry.connections(), this.userDataTotal + delta - maxTotalMemory, this.options.memoryEvictionPolicy, connection))
-    }
-    connection.userData ??= new Map()
-    connection.userData.set(key, { value, size })
-    this.adjustUserData(connection, delta)
+    this.userData.set(connection, key, value, this.registry.connections())
+    this.writeThrough(connection)
   }
 
   /** The value stored under `key`, or undefined (also for an unknown client). */
@@ -507,13 +363,14 @@ export class Stabilizer {
     let bufferedBytes = 0
     for (const connection of this.registry.live) bufferedBytes += connection.socket.bufferedAmount
     const connections = this.registry.size
-    const held = this.userDataTotal + bufferedBytes
+    const held = this.userData.total + bufferedBytes
+    const retained = this.adapter.retained?.() ?? { sessions: 0, bytes: 0 }
     return {
       connections,
-      userDataBytes: this.userDataTotal,
+      userDataBytes: this.userData.total,
       bufferedBytes,
-      retainedSessionBytes: this.sessions.bytes,
-      retainedSessions: this.sessions.size,
+      retainedSessionBytes: retained.bytes,
+      retainedSessions: retained.sessions,
       averageBytesPerConnection: connections === 0 ? 0 : Math.round(held / connections)
     }
   }
@@ -537,9 +394,11 @@ export class Stabilizer {
         intervalMs: this.options.heartbeatInterval,
         timeoutMs: this.options.heartbeatTimeout,
         ...(this.heartbeat?.counters ?? { pingsSent: 0, pongsReceived: 0, timeouts: 0, reprieves: 0, longestTickMs: 0 }),
-        rttMs: this.rttPercentiles()
+        rttMs: rttPercentiles(this.registry.connections())
       }
     }
+    const cluster = this.adapter.cluster()
+    if (cluster !== undefined) stats.cluster = { ...cluster }
     if (this.options.statsIncludeClientIds) stats.clientIds = this.getActiveConnections()
     return stats
   }
@@ -547,16 +406,15 @@ export class Stabilizer {
   /**
    * Stops accepting upgrades (503), closes every socket with `shutdownCloseCode` and a reason
    * carrying a per-client `retry-after-ms` hint, waits for the handshakes until `timeoutMs`
-   * (default `shutdownTimeout`), then terminates the rest. Calling it again returns the same
-   * report. `app.close()` calls it.
+   * (default `shutdownTimeout`), then terminates the rest. With a shared adapter the sessions
+   * are kept for other instances to resume (a rolling deploy). Calling it again returns the
+   * same report. `app.close()` calls it.
    */
   async gracefulShutdown (timeoutMs: number = this.options.shutdownTimeout): Promise<ShutdownReport> {
     if (this.shutdownRun !== undefined) return await this.shutdownRun
     if (!Number.isFinite(timeoutMs) || timeoutMs < 0) throw new RangeError('timeoutMs must be a finite number ≥ 0')
     this.lifecycle = 'draining'
     this.heartbeat?.stop()
-    // Nothing outlives the process that another instance could not see (the Redis adapter will hold sessions).
-    this.sessions.clear()
     const { shutdownCloseCode, shutdownRetryDelay, shutdownRetrySpread } = this.options
     const label = shutdownCloseCode === CloseCode.SERVICE_RESTART ? 'service restart' : 'going away'
     this.shutdownRun = drain({
@@ -565,8 +423,9 @@ export class Stabilizer {
       closesPerTurn: this.options.maxConcurrentCleanup,
       close: (connection) => this.closeConnection(connection, shutdownCloseCode, `${label}; retry-after-ms=${shutdownRetryDelay + randomInt(shutdownRetrySpread + 1)}`, 'shutdown', null),
       terminate: (connection) => this.terminateConnection(connection, 'shutdown')
-    }).then((report) => {
+    }).then(async (report) => {
       this.lifecycle = 'closed'
+      await this.stopAdapter()
       this.log.info({ report }, 'websocket shutdown complete')
       return report
     })
@@ -577,22 +436,12 @@ export class Stabilizer {
 
   /** @internal Whether one more connection for `clientId` fits (a replacement always fits). */
   hasRoomFor (clientId: string): boolean {
-    return this.registry.has(clientId) || this.registry.size + this.registry.reserved < this.options.maxConnections
+    return this.admission.hasRoom(this.registry.size, this.registry.has(clientId))
   }
 
-  /** @internal Whether `clientId` has an open connection (an upgrade for it is a replacement). */
+  /** @internal Whether `clientId` has an open connection here (an upgrade for it is a replacement). */
   isConnected (clientId: string): boolean {
     return this.registry.has(clientId)
-  }
-
-  /** @internal Holds a slot for an admitted upgrade until it connects or fails. */
-  reserveSlot (): void {
-    this.registry.reserved++
-  }
-
-  /** @internal */
-  releaseSlot (): void {
-    this.registry.reserved--
   }
 
   /** @internal */
@@ -601,43 +450,32 @@ export class Stabilizer {
   }
 
   /** @internal Registers an admitted socket (no limit check: its slot was reserved). */
-  attach (clientId: string, socket: WebSocket, metadata: Readonly<Record<string, unknown>>, remoteAddress: string | undefined, resumeRequest?: ResumeRequest): Connection {
-    const connection = new Connection(clientId, socket, metadata, remoteAddress, Date.now())
-    if (socket.protocol === subprotocol) connection.replay = this.newReplayLog()
-    const tracked = socket as TrackedSocket
-    tracked[kConnection] = connection
-    tracked.on('close', this.onSocketClose)
-    tracked.on('error', this.onSocketError)
-    tracked.on('message', this.onSocketMessage)
-    if (this.heartbeat !== undefined) {
-      if (this.options.heartbeatType === 'ping') {
-        tracked.on('pong', this.onSocketPong)
-        takePongs(tracked, this.onSocketPong)
-      }
-      if (this.options.anyMessageIsAlive) tracked.on('ping', this.onSocketPing)
-    }
-    if (this.rateLimited) connection.inbound = new InboundBudget(this.options.inboundMessageRate, this.options.inboundByteRate, performance.now())
-    if (connection.protocol) tracked.emit = this.interceptProtocol
-    else if (this.interceptMessages !== undefined) tracked.emit = this.interceptMessages
+  attach (clientId: string, socket: WebSocket, metadata: Readonly<Record<string, unknown>>, remoteAddress: string | undefined, ticket: AdmissionTicket | undefined, resume?: ResumeRequest): Connection {
+    const connection = new Connection(clientId, socket, metadata, remoteAddress, Date.now(), socket.protocol === subprotocol)
+    ticket?.connected()
+    connection.ticket = ticket
+    this.binding.bind(connection)
     this.counters.opened++
     const replaced = this.registry.add(connection)
     if (replaced !== undefined) {
       replaced.close(CloseCode.REPLACED, 'replaced by a newer connection', 'replaced', this.options.closeTimeout)
     }
+    this.adapter.subscribe(clientStream(clientId))
+    this.background(this.adapter.claim(clientId), 'claim')
     this.log.debug({ clientId, replaced: replaced !== undefined }, 'websocket connected')
     this.heartbeat?.add(connection)
-    const resumed = resumeRequest === undefined ? undefined : this.resume(connection, resumeRequest, replaced)
-    if (connection.protocol) this.welcome(connection, resumed)
+    const stateRestored = resume === undefined ? false : this.restore(connection, resume, replaced)
+    if (connection.protocol) {
+      const streams = [allStream, clientStream(clientId), ...[...connection.groups].map(groupStream)]
+      this.streams.start(connection, streams, resume === undefined ? undefined : { positions: resume.positions, stateRestored })
+    }
     if (this.lifecycle !== 'running') {
       // A shutdown began while this upgrade was in flight: it would never be drained.
       this.closeConnection(connection, this.options.shutdownCloseCode, 'server shutting down', 'shutdown')
-    } else {
-      if (this.options.onConnect !== undefined) this.runHook('onConnect', () => this.options.onConnect?.(connection))
-      if (resumed !== undefined && this.options.onResume !== undefined) {
-        const info: ResumeInfo = { sessionId: resumed.sessionId, stateRestored: resumed.stateRestored, replay: resumed.outcome, replayed: resumed.replayed, missed: resumed.missed }
-        this.runHook('onResume', () => this.options.onResume?.(connection, info))
-      }
+      return connection
     }
+    if (this.options.onConnect !== undefined) this.runHook('onConnect', () => this.options.onConnect?.(connection))
+    if (resume !== undefined && !connection.protocol) this.resumed(connection, { sessionId: resume.sessionId, stateRestored, replay: 'none', replayed: 0, missed: 0, historyLost: false })
     return connection
   }
 
@@ -659,11 +497,11 @@ export class Stabilizer {
   }
 
   /** @internal Last resort at onClose: nothing of the plugin may outlive the app. */
-  destroyAll (): void {
+  async destroyAll (): Promise<void> {
     this.heartbeat?.stop()
-    this.sessions.clear()
     for (const connection of this.registry.live) this.terminateConnection(connection, 'shutdown')
     this.lifecycle = 'closed'
+    await this.stopAdapter()
   }
 
   // ---- internals ---------------------------------------------------------------------------
@@ -676,14 +514,13 @@ export class Stabilizer {
     const cause = connection.closeCause ?? (code === CloseCode.ABNORMAL ? 'connection_lost' : 'client_closed')
     connection.closeCause = cause
     this.registry.remove(connection)
-    // Retained before markClosed() frees the connection's user data and groups.
-    if (connection.hasSession && this.options.enableReconnect && this.lifecycle === 'running' && allowsResume(cause, code)) {
-      this.sessions.retain(connection)
-    }
-    if (connection.countedIp !== undefined) this.perIp.release(connection.countedIp)
-    connection.countedIp = undefined
+    this.adapter.unsubscribe(clientStream(connection.id))
+    this.endSession(connection, cause, code)
+    connection.ticket?.release()
+    connection.ticket = undefined
+    connection.catchUp = undefined
     this.heartbeat?.remove(connection)
-    this.userDataTotal -= connection.userDataBytes
+    this.userData.free(connection)
     connection.markClosed()
     this.counters.recordClose(code, cause)
     // A socket that ended without a close frame has no reason of its own: report the cause.
@@ -691,6 +528,127 @@ export class Stabilizer {
     this.log.debug({ clientId: connection.id, code, cause, durationMs: Date.now() - connection.connectedAt }, 'websocket disconnected')
     const { onDisconnect } = this.options
     if (onDisconnect !== undefined) this.runHook('onDisconnect', () => onDisconnect(connection, code, reason))
+  }
+
+  /** What becomes of a closed connection's session: retained for a resume, or forgotten. */
+  private endSession (connection: Connection, cause: DisconnectCause, code: number): void {
+    const replacedHere = this.registry.has(connection.id)
+    if (cause === 'replaced') return // the session lives on in the replacing connection
+    const keep = connection.hasSession && this.options.enableReconnect && allowsResume(cause, code, this.adapter.shared) &&
+      (this.lifecycle === 'running' || this.adapter.shared)
+    if (keep) this.background(this.adapter.saveSession(sessionRecord(connection, this.userData.serialize(connection))), 'saveSession')
+    else if (connection.hasSession && this.adapter.shared) this.background(this.adapter.dropSession(connection.id, connection.sessionId), 'dropSession')
+    if (!replacedHere) this.background(this.adapter.release(connection.id), 'release')
+  }
+
+  /** Gives a resuming connection its session's state: from the connection it replaces here, or from the record. */
+  private restore (connection: Connection, resume: ResumeRequest, replaced: Connection | undefined): boolean {
+    connection.continueSession(resume.sessionId)
+    if (replaced !== undefined && replaced.hasSession && replaced.sessionId === resume.sessionId) {
+      this.userData.transfer(replaced, connection)
+      for (const group of replaced.groups) this.registry.join(connection, group)
+    } else if (resume.record !== undefined) {
+      this.userData.restore(connection, resume.record.userData)
+      for (const group of resume.record.groups) this.registry.join(connection, group)
+    } else {
+      return false
+    }
+    this.writeThrough(connection)
+    return true
+  }
+
+  /** Publishes through the adapter; the local delivery of the entry reuses `outbound`. */
+  private async publish (stream: string, outbound: Outbound, exclude: readonly string[] | undefined): ReturnType<StabilizerAdapter['publish']> {
+    const message: StreamMessage = exclude === undefined ? { payload: outbound.payload, binary: outbound.binary } : { payload: outbound.payload, binary: outbound.binary, exclude }
+    this.publishing.set(outbound.payload, outbound)
+    try {
+      return await this.adapter.publish(stream, message)
+    } finally {
+      this.publishing.delete(outbound.payload)
+    }
+  }
+
+  /** An entry of a stream this instance reads: delivered to its local recipients. */
+  private deliverEntry (entry: StreamEntry): Promise<unknown> {
+    let outbound = this.publishing.get(entry.payload)
+    if (outbound === undefined || outbound.position !== undefined) outbound = Outbound.fromEntry(entry)
+    else outbound.position = entry
+    if (entry.stream.startsWith('c:')) {
+      const connection = this.registry.get(entry.stream.slice(2))
+      return connection === undefined ? Promise.resolve(false) : this.writeDirect(connection, outbound)
+    }
+    return this.fanOutLocally(entry.stream, outbound, entry.exclude)
+  }
+
+  private async fanOutLocally (stream: string, outbound: Outbound, exclude: readonly string[] | undefined): ReturnType<typeof fanOut> {
+    const recipients = stream === allStream ? this.registry.connections() : this.registry.members(stream.slice(2))
+    if (recipients === undefined) return { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0 }
+    return await fanOut(recipients, outbound, exclude, this.options.maxConcurrentBroadcast, this.outboundGate)
+  }
+
+  /** One message to one local connection; resolves true once written. */
+  private async writeDirect (connection: Connection, outbound: Outbound): Promise<boolean> {
+    if (connection.catchUp?.holds(outbound) === true) return true
+    if (!this.outboundGate(connection, outbound.sizeFor(connection))) return false
+    return await new Promise<boolean>((resolve) => {
+      const written = (err?: Error): void => resolve(err == null && !transportDestroyed(connection.socket))
+      if (!writeTo(connection, outbound.frameFor(connection), written)) resolve(false)
+    })
+  }
+
+  /** A held or replayed message, once the connection's streams are known. */
+  private deliverOne (connection: Connection, message: Outbound): void {
+    if (this.outboundGate(connection, message.sizeFor(connection))) writeTo(connection, message.frameFor(connection))
+  }
+
+  /**
+   * The first frame on a `stabilizer.v1` connection, followed by the replayed and held messages
+   * in order. The replay goes out in one turn: it is bounded by the streams' logs.
+   */
+  private welcome (connection: Connection, start: StreamStart): void {
+    const issued = this.options.enableReconnect ? this.issueToken(connection.id) : undefined
+    const welcome: Welcome = {
+      t: 'welcome',
+      v: 1,
+      clientId: connection.id,
+      sessionId: connection.sessionId,
+      secret: connection.connectionSecret,
+      token: issued?.token ?? null,
+      tokenExpiresAt: issued?.expiresAt ?? null,
+      heartbeat: { interval: this.options.heartbeatInterval, timeout: this.options.heartbeatTimeout },
+      positions: start.positions,
+      resume: start.report ?? null
+    }
+    connection.socket.send(JSON.stringify(welcome))
+    for (const message of start.messages) writeTo(connection, message.frameFor(connection))
+    const { report } = start
+    if (report !== undefined) {
+      this.log.debug({ clientId: connection.id, stateRestored: report.stateRestored, replay: report.outcome, replayed: report.replayed, missed: report.missed, historyLost: report.historyLost }, 'websocket session resumed')
+      this.resumed(connection, { sessionId: connection.sessionId, stateRestored: report.stateRestored, replay: report.outcome, replayed: report.replayed, missed: report.missed, historyLost: report.historyLost })
+    }
+  }
+
+  private resumed (connection: Connection, info: ResumeInfo): void {
+    const { onResume } = this.options
+    if (onResume !== undefined && this.lifecycle === 'running') this.runHook('onResume', () => onResume(connection, info))
+  }
+
+  /** With a shared adapter, a session is written as it changes, so it survives this instance dying. */
+  private writeThrough (connection: Connection): void {
+    if (!this.adapter.shared || !connection.hasSession || !this.options.enableReconnect) return
+    this.background(this.adapter.saveSession(sessionRecord(connection, this.userData.serialize(connection))), 'saveSession')
+  }
+
+  private sendTokenInBand (connection: Connection): void {
+    let reply: string
+    const wait = this.options.enableReconnect ? this.tokens.takeRequest(connection.id) : -1
+    if (wait === 0) {
+      const { token, expiresAt } = this.issueToken(connection.id)
+      reply = JSON.stringify({ t: 'token', token, expiresAt })
+    } else {
+      reply = JSON.stringify({ t: 'token', token: null, retryAfter: wait < 0 ? null : wait })
+    }
+    connection.socket.send(reply)
   }
 
   /**
@@ -717,43 +675,33 @@ export class Stabilizer {
   }
 
   /**
-   * Takes one inbound message from the connection's budget. Over it: the message is dropped
-   * (never delivered) and, with `rateLimitPolicy: 'close'`, the connection is closed with 1008.
-   * A connection already closing drops whatever still arrives.
+   * An inbound message over the budget was dropped (never delivered); with
+   * `rateLimitPolicy: 'close'`, the connection is closed with 1008.
    */
-  private admitInbound (connection: Connection, size: number): boolean {
-    if (connection.state === 'open' && connection.inbound!.take(size, performance.now())) return true
+  private overRate (connection: Connection): void {
     this.counters.protection.inboundDropped++
     if (this.options.rateLimitPolicy === 'close' && this.closeConnection(connection, CloseCode.POLICY_VIOLATION, 'rate limit exceeded', 'rate_limited')) {
       this.counters.protection.rateLimitCloses++
       this.log.debug({ clientId: connection.id }, 'websocket closed for its inbound rate')
     }
-    return false
   }
 
   private sendHeartbeat (connection: Connection): boolean {
     if (connection.state !== 'open' || connection.socket.readyState !== WebSocket.OPEN) return false
     try {
-      if (connection.protocol) connection.socket.send(pingFrame(Date.now()))
-      else if (this.options.heartbeatType === 'ping') sendEmptyPing(connection.socket)
-      else connection.socket.send(this.options.customPing(Date.now()))
+      if (connection.protocol) {
+        // Nothing may precede the welcome; the ping waits for the next round.
+        if (connection.catchUp === undefined || !connection.catchUp.waitingForWelcome) connection.socket.send(pingFrame(Date.now()))
+      } else if (this.options.heartbeatType === 'ping') {
+        sendEmptyPing(connection.socket)
+      } else {
+        connection.socket.send(this.options.customPing(Date.now()))
+      }
       return true
     } catch (err) {
       this.log.debug({ err, clientId: connection.id }, 'websocket heartbeat not sent')
       return false
     }
-  }
-
-  private rttPercentiles (): RttPercentiles {
-    const values: number[] = []
-    for (const connection of this.registry.connections()) {
-      const rtt = connection.smoothedRtt
-      if (rtt !== undefined) values.push(rtt)
-    }
-    if (values.length === 0) return { samples: 0, p50: null, p90: null, p99: null }
-    const sorted = Float64Array.from(values).sort()
-    const at = (q: number): number => Math.round(sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] * 100) / 100
-    return { samples: sorted.length, p50: at(0.5), p90: at(0.9), p99: at(0.99) }
   }
 
   /**
@@ -762,9 +710,7 @@ export class Stabilizer {
    */
   private evict (victims: Connection[]): void {
     for (const victim of victims) {
-      this.log.debug({ clientId: victim.id, userDataBytes: victim.userDataBytes, policy: this.options.memoryEvictionPolicy }, 'websocket evicted for memory')
-      this.adjustUserData(victim, -victim.userDataBytes)
-      victim.userData = undefined
+      this.log.debug({ clientId: victim.id, policy: this.options.memoryEvictionPolicy }, 'websocket evicted for memory')
       this.registry.deactivate(victim)
       this.counters.protection.memoryEvictions++
     }
@@ -776,88 +722,18 @@ export class Stabilizer {
     if (!this.options.enableReconnect) throw new WebSocketStabilizerError('reconnect tokens are disabled (enableReconnect: false)')
   }
 
-  /**
-   * Continues session `sessionId` on a new connection: its user data and groups come from the
-   * connection it replaces (a resume while the old socket is still open) or from the retained
-   * sessions; when neither has it (the window passed), the identity alone is resumed.
-   */
-  private resume (connection: Connection, request: ResumeRequest, replaced: Connection | undefined): ResumeReport & { sessionId: string, plan: ReplayPlan | undefined } {
-    const { sessionId } = request
-    connection.continueSession(sessionId)
-    let state: { userData: Connection['userData'], userDataBytes: number, groups: readonly string[], replay: ReplayLog | undefined } | undefined
-    if (replaced !== undefined && replaced.hasSession && replaced.sessionId === sessionId) {
-      state = { userData: replaced.userData, userDataBytes: replaced.userDataBytes, groups: [...replaced.groups], replay: replaced.replay }
-      this.adjustUserData(replaced, -replaced.userDataBytes)
-      replaced.userData = undefined
-      // The log moves: nothing more may be numbered on the old socket.
-      replaced.replay = undefined
-    } else {
-      state = this.sessions.take(connection.id, sessionId)
-    }
-    if (state !== undefined) {
-      connection.userData = state.userData
-      this.adjustUserData(connection, state.userDataBytes)
-      for (const group of state.groups) this.registry.join(connection, group)
-    }
-    // A protocol client continues its session's numbering when the log is there; a plain one gets no replay.
-    let plan: ReplayPlan | undefined
-    if (connection.protocol && state?.replay !== undefined) {
-      connection.replay = state.replay
-      plan = state.replay.plan(request.lastSeq)
-    }
-    const report = { sessionId, plan, stateRestored: state !== undefined, outcome: plan?.outcome ?? 'none', replayed: plan?.messages.length ?? 0, missed: plan?.missed ?? 0 } as const
-    this.log.debug({ clientId: connection.id, stateRestored: report.stateRestored, replay: report.outcome, replayed: report.replayed, missed: report.missed }, 'websocket session resumed')
-    return report
-  }
-
-  /**
-   * The first frame on a `stabilizer.v1` connection, followed by the replayed messages in
-   * order. The replay goes out in one turn: it is bounded by `replayBufferSize`/`replayBufferBytes`.
-   */
-  private welcome (connection: Connection, resumed: (ResumeReport & { plan: ReplayPlan | undefined }) | undefined): void {
-    const issued = this.options.enableReconnect ? this.issueToken(connection.id) : undefined
-    const plan = resumed?.plan
-    const welcome: Welcome = {
-      t: 'welcome',
-      v: 1,
-      clientId: connection.id,
-      sessionId: connection.sessionId,
-      secret: connection.connectionSecret,
-      token: issued?.token ?? null,
-      tokenExpiresAt: issued?.expiresAt ?? null,
-      heartbeat: { interval: this.options.heartbeatInterval, timeout: this.options.heartbeatTimeout },
-      seq: plan?.from ?? connection.replay!.lastSeq,
-      resume: resumed === undefined ? null : { outcome: resumed.outcome, stateRestored: resumed.stateRestored, replayed: resumed.replayed, missed: resumed.missed }
-    }
-    const { socket } = connection
-    socket.send(JSON.stringify(welcome))
-    if (plan !== undefined) {
-      for (const message of plan.messages) socket.send(messageFrame(message.seq, message.payload, message.binary), { binary: message.binary })
+  private async stopAdapter (): Promise<void> {
+    try {
+      await this.started
+      await this.adapter.stop()
+    } catch (err) {
+      this.log.warn({ err }, 'websocket adapter did not stop cleanly')
     }
   }
 
-  private newReplayLog (): ReplayLog {
-    return this.options.enableReconnect ? new ReplayLog(this.options.replayBufferSize, this.options.replayBufferBytes) : new ReplayLog(0, 0)
-  }
-
-  /**
-   * A `stabilizer.v1` recipient that was closing or closed when a broadcast reached it: the
-   * message is numbered into its log without being sent, so a resume replays it. A closing
-   * socket will send nothing more, so the client sees no gap; a closed one is logged only while
-   * its session is retained (afterwards the log belongs to its next connection).
-   */
-  private readonly logMissed = (connection: Connection, message: Outbound): void => {
-    if (connection.replay === undefined) return
-    if (connection.state === 'closing' && connection.closeCause !== 'replaced') {
-      connection.replay.append(message.protocolPayload, message.encoded.binary)
-    } else if (connection.state === 'closed') {
-      this.sessions.queueTo(connection.id, connection.replay, message.protocolPayload, message.encoded.binary)
-    }
-  }
-
-  private adjustUserData (connection: Connection, delta: number): void {
-    connection.userDataBytes += delta
-    this.userDataTotal += delta
+  /** An adapter call nobody waits for: its failure is logged, never unhandled. */
+  private background (call: Promise<unknown>, what: string): void {
+    call.catch((err: unknown) => { this.log.warn({ err, call: what }, 'websocket adapter call failed') })
   }
 
   private runHook (name: string, call: () => unknown): void {
@@ -869,27 +745,6 @@ export class Stabilizer {
       fail(err)
     }
   }
-}
-
-/** Close codes `ws` sends after the protocol errors it raises (its own mapping is not exported). */
-const wsErrorCloseCodes: Record<string, number> = {
-  WS_ERR_UNSUPPORTED_MESSAGE_LENGTH: CloseCode.MESSAGE_TOO_BIG,
-  WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH: CloseCode.MESSAGE_TOO_BIG,
-  WS_ERR_INVALID_UTF8: 1007,
-  WS_ERR_TOO_MANY_BUFFERED_PARTS: 1008
-}
-
-function protocolErrorCloseCode (err: Error & { code?: string }): number | undefined {
-  if (typeof err.code !== 'string' || !err.code.startsWith('WS_ERR_')) return undefined
-  return wsErrorCloseCodes[err.code] ?? 1002
-}
-
-/** The text of an inbound text message as `ws` delivers it (a Buffer unless the app changed binaryType). */
-function messageText (data: unknown): string {
-  if (Buffer.isBuffer(data)) return data.toString()
-  if (Array.isArray(data)) return Buffer.concat(data as Buffer[]).toString()
-  if (data instanceof ArrayBuffer) return Buffer.from(data).toString()
-  return String(data)
 }
 
 /** @throws InvalidClientIdError unless `clientId` is a non-empty string of at most 256 characters. */

@@ -1,5 +1,6 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { InvalidTokenError, TokenExpiredError } from './errors.js'
+import { KeyedRateLimiter } from './admission.js'
 
 /** What a reconnect token carries (signed). Times are ms since the epoch. */
 export interface TokenClaims {
@@ -99,4 +100,46 @@ function parseClaims (payload: string): TokenClaims {
     throw new InvalidTokenError('malformed')
   }
   return claims as TokenClaims
+}
+
+/**
+ * Reconnect tokens as a service: issued for a client's current session, verified, redeemed
+ * once across every instance through the adapter, and requested at a bounded rate per client.
+ */
+export class ReconnectTokens {
+  private readonly signer: TokenSigner
+  private readonly requests: KeyedRateLimiter
+  /** Whether tokens are signed with a random per-process key (no `secrets` configured). */
+  readonly ephemeral: boolean
+
+  constructor (
+    secrets: readonly string[] | undefined,
+    private readonly ttlMs: number,
+    requestsPerMinute: number,
+    private readonly redeemer: { redeemToken: (tokenId: string, expiresAt: number) => Promise<boolean> }
+  ) {
+    this.ephemeral = secrets === undefined
+    this.signer = new TokenSigner(secrets ?? [TokenSigner.randomSecret()])
+    this.requests = new KeyedRateLimiter(requestsPerMinute, 60)
+  }
+
+  issue (clientId: string, sessionId: string): { token: string, expiresAt: number } {
+    const { token, claims } = this.signer.sign(clientId, sessionId, this.ttlMs)
+    return { token, expiresAt: claims.exp }
+  }
+
+  /** @throws InvalidTokenError | TokenExpiredError */
+  verify (token: unknown): TokenClaims {
+    return this.signer.verify(token)
+  }
+
+  /** Redeems a verified token: false if it was already used (on any instance). */
+  async redeem (claims: TokenClaims): Promise<boolean> {
+    return await this.redeemer.redeemToken(claims.jti, claims.exp)
+  }
+
+  /** Takes one token request of the client's budget: 0, or the seconds to wait. */
+  takeRequest (clientId: string): number {
+    return this.requests.take(clientId, performance.now())
+  }
 }

@@ -5,7 +5,8 @@ import type { FastifyBaseLogger, FastifyReply, FastifyRequest, RouteOptions } fr
 import type { WebSocket, WebSocketServer } from 'ws'
 import { CloseCode } from './close-codes.js'
 import { ConnectionLimitExceededError, InvalidTokenError, OriginNotAllowedError, ShutdownError, TokenExpiredError, TooManyConnectionsError } from './errors.js'
-import { parseSeq, readOffer } from './protocol.js'
+import type { AdmissionTicket } from './admission.js'
+import { decodePositions, readOffer, type Positions } from './protocol.js'
 import type { TokenClaims } from './tokens.js'
 import type { ResolvedOptions } from './options.js'
 import { checkClientId, type ResumeRequest, type Stabilizer } from './stabilizer.js'
@@ -25,11 +26,11 @@ import { checkClientId, type ResumeRequest, type Stabilizer } from './stabilizer
 interface Admission {
   readonly clientId: string
   readonly request: FastifyRequest
-  /** The IP whose per-IP slot this upgrade holds, if per-IP limits are on. */
-  readonly ip: string | undefined
-  /** What a reconnect token asked to resume. */
+  /** The slot and per-IP count this upgrade holds. */
+  readonly ticket: AdmissionTicket
+  /** What a reconnect token resumes (its session, taken from the adapter). */
   readonly resume: ResumeRequest | undefined
-  /** Set once the slot was converted into a connection or released. */
+  /** Set once the admission became a connection or was given back. */
   settled: boolean
 }
 
@@ -76,16 +77,16 @@ const noMetadata: Readonly<Record<string, unknown>> = Object.freeze({})
 
 /**
  * The resume an upgrade request asks for: a token in the `token` query parameter or offered
- * as the subprotocol `stabilizer.token.<token>`, and the last sequence number the client
- * received (`lastSeq` query parameter or `stabilizer.last.<n>`).
+ * as the subprotocol `stabilizer.token.<token>`, and where the client stands in its streams
+ * (`positions` query parameter or `stabilizer.pos.<positions>`).
  */
-function resumeOffer (request: FastifyRequest): { token: string | undefined, inBand: boolean, lastSeq: number | undefined } {
+function resumeOffer (request: FastifyRequest): { token: string | undefined, inBand: boolean, positions: Positions | undefined } {
   const query = request.query as Record<string, unknown> | undefined
   const offer = readOffer(request.headers['sec-websocket-protocol'])
   const queryToken = typeof query?.token === 'string' ? query.token : undefined
-  const lastSeq = offer.lastSeq ?? (typeof query?.lastSeq === 'string' ? parseSeq(query.lastSeq) : undefined)
-  if (queryToken !== undefined) return { token: queryToken, inBand: false, lastSeq }
-  return { token: offer.offered ? offer.token : undefined, inBand: true, lastSeq }
+  const positions = offer.positions ?? (typeof query?.positions === 'string' ? decodePositions(query.positions) : undefined)
+  if (queryToken !== undefined) return { token: queryToken, inBand: false, positions }
+  return { token: offer.offered ? offer.token : undefined, inBand: true, positions }
 }
 
 /** Whether a request was refused in-band (its handler must not run). */
@@ -93,7 +94,7 @@ export function refusedInBand (request: FastifyRequest): boolean {
   return (request.raw as AdmittedRequest)[kRefusal] !== undefined
 }
 
-export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOptions) {
+export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOptions, log: FastifyBaseLogger) {
   const { identify, enableReconnect } = options
   const allowedOrigins = options.allowedOrigins === undefined ? undefined : new Set(options.allowedOrigins)
   const perIpCap = options.maxConnectionsPerIp > 0
@@ -108,9 +109,15 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     this[kAdmission] = undefined
     if (admission !== undefined && !admission.settled) {
       admission.settled = true
-      stabilizer.releaseSlot()
-      if (admission.ip !== undefined) stabilizer.perIp.release(admission.ip)
+      admission.ticket.release()
+      giveBack(admission.resume)
     }
+  }
+
+  /** A resume that never became a connection: its session goes back for the next attempt. */
+  function giveBack (resume: ResumeRequest | undefined): void {
+    if (resume?.record === undefined) return
+    stabilizer.adapter.saveSession(resume.record).catch((err: unknown) => { log.warn({ err }, 'websocket session could not be given back') })
   }
 
   async function admitUpgrade (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
@@ -132,12 +139,12 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     const offer = enableReconnect ? resumeOffer(request) : undefined
     try {
       // A resume: the token is checked before anything else, and names the identity it resumes.
-      if (offer?.token !== undefined) claims = stabilizer.verifyToken(offer.token)
+      if (offer?.token !== undefined) claims = stabilizer.tokens.verify(offer.token)
       clientId = identify === undefined ? defaultIdentify(request, claims?.cid) : await identify(request)
       checkClientId(clientId)
       if (claims !== undefined && claims.cid !== clientId) throw new InvalidTokenError('it was issued for another client')
     } catch (err) {
-      stabilizer.countRejection('identity')
+      stabilizer.countRejection(isTokenError(err) ? 'token' : 'identity')
       if (offer?.inBand === true && isTokenError(err)) return refuseInBand(request, err)
       throw err
     }
@@ -152,20 +159,22 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
       return reply.code(429).header('retry-after', retryAfterLimitSeconds).send(new TooManyConnectionsError(`Too many connections from ${ip}`))
     }
     // Redeemed last, once everything else admitted the upgrade (a token is valid once).
-    if (claims !== undefined && !await stabilizer.redeemToken(claims)) {
-      stabilizer.countRejection('identity')
+    if (claims !== undefined && !await stabilizer.tokens.redeem(claims)) {
+      stabilizer.countRejection('token')
       const used = new InvalidTokenError('already used')
       if (offer?.inBand === true) return refuseInBand(request, used)
       throw used
     }
+    const resume = claims === undefined ? undefined : { sessionId: claims.sid, positions: offer?.positions, record: await stabilizer.takeSession(claims) }
     const socket = request.raw.socket as AdmittedSocket | undefined
     // The client left while identify() ran: ws will not upgrade a dead socket, and a close
     // listener added now would never fire, so reserve nothing.
-    if (socket?.destroyed === true) return undefined
-    stabilizer.reserveSlot()
-    if (perIpCap) stabilizer.perIp.acquire(ip)
-    const resume = claims === undefined ? undefined : { sessionId: claims.sid, lastSeq: offer?.lastSeq }
-    const admission: Admission = { clientId, request, ip: perIpCap ? ip : undefined, resume, settled: false }
+    if (socket?.destroyed === true) {
+      giveBack(resume)
+      return undefined
+    }
+    const ticket = stabilizer.admission.admit(perIpCap ? ip : undefined)
+    const admission: Admission = { clientId, request, ticket, resume, settled: false }
     ;(request.raw as AdmittedRequest)[kAdmission] = admission
     if (socket !== undefined) {
       // If the handshake never completes, the slot comes back when the socket closes.
@@ -185,7 +194,6 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     const admission = (raw as AdmittedRequest)[kAdmission]
     if (admission === undefined || admission.settled) return false
     admission.settled = true
-    stabilizer.releaseSlot()
     const rawSocket = raw.socket as AdmittedSocket | undefined
     if (rawSocket !== undefined) {
       rawSocket[kAdmission] = undefined
@@ -193,9 +201,8 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     }
     // Settled: the request no longer holds its admission (it lives as long as the socket).
     ;(raw as AdmittedRequest)[kAdmission] = undefined
-    const connection = stabilizer.attach(admission.clientId, socket, noMetadata, rawSocket === undefined ? undefined : admission.request.ip, admission.resume)
-    // The per-IP slot passes to the connection, which releases it when it closes.
-    connection.countedIp = admission.ip
+    // The ticket passes to the connection, which releases it when it closes.
+    const connection = stabilizer.attach(admission.clientId, socket, noMetadata, rawSocket === undefined ? undefined : admission.request.ip, admission.ticket, admission.resume)
     admission.request.wsConnection = connection
     return true
   }

@@ -1,3 +1,4 @@
+/** All knowledge of `ws` internals: shared frames written straight to idle transports, pongs read off the socket, ws's error close codes. */
 import type { Duplex } from 'node:stream'
 import { WebSocket } from 'ws'
 
@@ -131,4 +132,29 @@ export function takePongs<S extends WebSocket> (socket: S, onPong: (this: S) => 
     return write.call(this, chunk, encoding, callback)
   }
   return true
+}
+
+/** Close codes `ws` sends after the protocol errors it raises (its own mapping is not exported). */
+const wsErrorCloseCodes: Record<string, number> = {
+  WS_ERR_UNSUPPORTED_MESSAGE_LENGTH: 1009,
+  WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH: 1009,
+  WS_ERR_INVALID_UTF8: 1007,
+  WS_ERR_TOO_MANY_BUFFERED_PARTS: 1008
+}
+
+/** The close code `ws` sent after raising `err`, or undefined when `err` is not one of its protocol errors. */
+export function protocolErrorCloseCode (err: Error & { code?: string }): number | undefined {
+  if (typeof err.code !== 'string' || !err.code.startsWith('WS_ERR_')) return undefined
+  return wsErrorCloseCodes[err.code] ?? 1002
+}
+
+/**
+ * Whether a socket's transport was destroyed. Node calls a pending write's callback with no
+ * error when the stream was destroyed before the write completed, so `ws` reports success
+ * for bytes that never left; checking the transport when the callback fires keeps
+ * `sendToClient` honest. `_socket` is ws's (stable since v1) handle on the net.Socket; if it
+ * ever disappears this check degrades to trusting the callback, and test/fanout.test.ts fails.
+ */
+export function transportDestroyed (socket: WebSocket): boolean {
+  return (socket as unknown as { _socket?: { destroyed?: boolean } })._socket?.destroyed === true
 }

@@ -52,14 +52,14 @@ void t.test('sendToClient resolves false when the socket dies before writing', a
 void t.test('broadcast: honest counts with exclusions and groups', async (t) => {
   const { app, clients } = await withClients(t, {}, 'c0', 'c1', 'c2', 'c3')
   const all = clients.map(received)
-  t.same(await app.stabilizer.broadcast('all'), { total: 4, sent: 4, failed: 0, skipped: 0, dropped: 0, queued: 0 })
+  t.same(await app.stabilizer.broadcast('all'), { total: 4, sent: 4, failed: 0, skipped: 0, dropped: 0, published: true })
   t.same((await Promise.all(all)).map((m) => m.data), ['all', 'all', 'all', 'all'])
-  t.same(await app.stabilizer.broadcast('x', { exclude: 'c0' }), { total: 3, sent: 3, failed: 0, skipped: 0, dropped: 0, queued: 0 }, 'total excludes the excluded')
-  t.same(await app.stabilizer.broadcast('x', { exclude: ['c0', 'c1', 'ghost'] }), { total: 2, sent: 2, failed: 0, skipped: 0, dropped: 0, queued: 0 })
+  t.same(await app.stabilizer.broadcast('x', { exclude: 'c0' }), { total: 3, sent: 3, failed: 0, skipped: 0, dropped: 0, published: true }, 'total excludes the excluded')
+  t.same(await app.stabilizer.broadcast('x', { exclude: ['c0', 'c1', 'ghost'] }), { total: 2, sent: 2, failed: 0, skipped: 0, dropped: 0, published: true })
   app.stabilizer.join('c1', 'team')
   app.stabilizer.join('c2', 'team')
-  t.same(await app.stabilizer.broadcast('x', { group: 'team', exclude: 'c2' }), { total: 1, sent: 1, failed: 0, skipped: 0, dropped: 0, queued: 0 })
-  t.same(await app.stabilizer.broadcast('x', { group: 'nobody-here' }), { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0, queued: 0 })
+  t.same(await app.stabilizer.broadcast('x', { group: 'team', exclude: 'c2' }), { total: 1, sent: 1, failed: 0, skipped: 0, dropped: 0, published: true })
+  t.same(await app.stabilizer.broadcast('x', { group: 'nobody-here' }), { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0, published: true })
   const binary = new Promise<boolean>((resolve) => clients[3].on('message', (data, isBinary) => { if (isBinary) resolve(String(data) === '\x01\x02\x03') }))
   await app.stabilizer.broadcast(Buffer.from([1, 2, 3]))
   t.equal(await binary, true, 'bytes go out as a binary frame')
@@ -74,7 +74,7 @@ void t.test('broadcast yields every maxConcurrentBroadcast sends and counts sock
   // c1 starts closing after the first send, before its turn comes.
   const closing = app.stabilizer.disconnect('c1')
   const result = await broadcasting
-  t.same(result, { total: 4, sent: 3, failed: 0, skipped: 1, dropped: 0, queued: 0 })
+  t.same(result, { total: 4, sent: 3, failed: 0, skipped: 1, dropped: 0, published: true })
   t.same(order, ['other work', 'broadcast done'], 'the event loop ran between sends')
   await closing
 })

@@ -29,7 +29,7 @@ void t.test('a client cut abruptly comes back with its token: same id, user data
 
   const second = await openClient(`${url}/ws/dana?token=${token}`)
   await waitFor(() => resumes.length === 1)
-  t.same(resumes[0], { id: 'dana', info: { sessionId, stateRestored: true, replay: 'none', replayed: 0, missed: 0 } })
+  t.same(resumes[0], { id: 'dana', info: { sessionId, stateRestored: true, replay: 'none', replayed: 0, missed: 0, historyLost: false } })
   t.same(app.stabilizer.getUserData('dana', 'cart'), { items: [1, 2, 3] })
   t.same(app.stabilizer.getGroups('dana'), ['room-1'])
   t.equal(app.stabilizer.getConnection('dana')!.sessionId, sessionId, 'the same session continues')
@@ -150,7 +150,7 @@ void t.test('after a graceful shutdown and a restart with the same secrets, iden
   t.teardown(() => second.app.close())
   const again = await openClient(`${second.url}/ws/ivy?token=${token}`)
   await waitFor(() => second.resumes.length === 1)
-  t.same(second.resumes[0], { id: 'ivy', info: { sessionId: second.app.stabilizer.getConnection('ivy')!.sessionId, stateRestored: false, replay: 'none', replayed: 0, missed: 0 } })
+  t.same(second.resumes[0], { id: 'ivy', info: { sessionId: second.app.stabilizer.getConnection('ivy')!.sessionId, stateRestored: false, replay: 'none', replayed: 0, missed: 0, historyLost: false } })
   again.terminate()
 })
 

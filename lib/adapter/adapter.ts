@@ -179,6 +179,9 @@ export interface StabilizerAdapter {
   /** Deletes the session of `clientId` if it is `sessionId`. */
   dropSession: (clientId: string, sessionId: string) => Promise<void>
 
+  /** Retained sessions and their user-data bytes, as far as this adapter counts them (for stats). */
+  retained?: () => { sessions: number, bytes: number }
+
   // ---- tokens -------------------------------------------------------------------------------
   /** Records that a reconnect token was used; false if it already was. Forgettable after `expiresAt`. */
   redeemToken: (tokenId: string, expiresAt: number) => Promise<boolean>

@@ -1,0 +1,300 @@
+/**
+ * Sessions across connections: which disconnects keep a session, what a retained session is
+ * (a serializable record any instance can resume), and how a `stabilizer.v1` connection starts
+ * following its streams at exact positions — the welcome's, a resume's replay, a join's.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import type { SessionRecord, StabilizerAdapter, StreamEntry, StreamPosition } from './adapter/adapter.js'
+import type { Connection, DisconnectCause } from './connection.js'
+import { Outbound } from './fanout.js'
+import type { Positions, ReplayOutcome, ResumeReport } from './protocol.js'
+
+/** What an upgrade that presented a valid reconnect token resumes. */
+export interface ResumeRequest {
+  readonly sessionId: string
+  /** Where the client stands in its streams (`stabilizer.v1` clients), if it said. */
+  readonly positions: Positions | undefined
+  /** The retained session, taken from the adapter during admission (undefined: it was gone). */
+  readonly record: SessionRecord | undefined
+}
+
+/**
+ * Disconnects after which a client may come back to its session: losses and server-side
+ * protections it can recover from, and — with a shared adapter — a shutdown (another
+ * instance takes the client). Not retained: an end on purpose (1000 from the client,
+ * `disconnect()`), a replacement (the session moves to the replacing connection), a policy close.
+ */
+export function allowsResume (cause: DisconnectCause, code: number, sharedAdapter: boolean): boolean {
+  switch (cause) {
+    case 'connection_lost':
+    case 'heartbeat_timeout':
+    case 'slow_consumer':
+    case 'message_too_big':
+    case 'handler_error':
+    case 'protocol_error':
+      return true
+    case 'shutdown':
+      return sharedAdapter
+    case 'client_closed':
+      return code !== 1000
+    default:
+      return false
+  }
+}
+
+/** Messages held for one connection while the positions of its streams are read, at most. */
+const maxHeld = 10_000
+
+/**
+ * A `stabilizer.v1` connection whose position in some streams is not known yet (or whose
+ * welcome has not gone out): what reaches it meanwhile is held, in order, and sent once the
+ * position is known — without a duplicate or a gap.
+ */
+export class CatchUp {
+  private readonly pending: Set<string>
+  /** The streams the welcome gives positions for, in order (joins before the welcome add to it). */
+  readonly streams: string[]
+  private held: Outbound[] = []
+  /** Held messages dropped past `maxHeld`. */
+  overflowed = 0
+
+  constructor (streams: Iterable<string>, private welcomePending: boolean, private readonly connection: Connection) {
+    this.pending = new Set(streams)
+    this.streams = [...this.pending]
+  }
+
+  /** Whether the welcome has yet to go out (nothing may precede it). */
+  get waitingForWelcome (): boolean {
+    return this.welcomePending
+  }
+
+  /** Takes a message for the connection if it must wait; false when it may be sent now. */
+  holds (message: Outbound): boolean {
+    const stream = message.position?.stream
+    if (!this.welcomePending && (stream === undefined || !this.pending.has(stream))) return false
+    if (this.held.length >= maxHeld) {
+      this.held.shift()
+      this.overflowed++
+      this.connection.droppedMessages++
+    }
+    this.held.push(message)
+    return true
+  }
+
+  add (stream: string): void {
+    if (this.pending.has(stream)) return
+    this.pending.add(stream)
+    if (this.welcomePending) this.streams.push(stream)
+  }
+
+  /** The connection left the stream before its position was known: what was held of it goes. */
+  remove (stream: string): void {
+    this.pending.delete(stream)
+    const at = this.streams.indexOf(stream)
+    if (at >= 0) this.streams.splice(at, 1)
+    this.held = this.held.filter((message) => message.position?.stream !== stream)
+  }
+
+  /** The first held message of `stream` (to start its position before it). */
+  firstHeld (stream: string): Outbound | undefined {
+    return this.held.find((message) => message.position?.stream === stream)
+  }
+
+  /**
+   * The stream's position is known (`covered`: the client has everything up to it): takes its
+   * held messages that come after it, in order; those of other pending streams stay held.
+   */
+  settle (stream: string, covered: StreamPosition | undefined): Outbound[] {
+    this.pending.delete(stream)
+    if (this.welcomePending) return []
+    return this.take((message) => message.position?.stream === stream, covered)
+  }
+
+  /** The welcome went out: everything held that is not waiting for a pending stream. */
+  welcomed (covered: ReadonlyMap<string, StreamPosition>): Outbound[] {
+    this.welcomePending = false
+    return this.take((message) => message.position === undefined || !this.pending.has(message.position.stream), covered)
+  }
+
+  get done (): boolean {
+    return !this.welcomePending && this.pending.size === 0
+  }
+
+  private take (selected: (message: Outbound) => boolean, covered: StreamPosition | ReadonlyMap<string, StreamPosition> | undefined): Outbound[] {
+    const out: Outbound[] = []
+    const kept: Outbound[] = []
+    for (const message of this.held) {
+      if (!selected(message)) {
+        kept.push(message)
+        continue
+      }
+      const at = message.position
+      const upTo = at === undefined ? undefined : covered instanceof Map ? covered.get(at.stream) : covered as StreamPosition | undefined
+      if (at === undefined || upTo === undefined || at.epoch !== upTo.epoch || at.seq > upTo.seq) out.push(message)
+    }
+    this.held = kept
+    return out
+  }
+}
+
+/** A resume as the streams see it. */
+export interface Resuming {
+  readonly positions: Positions | undefined
+  /** Whether the session's user data and groups came back. */
+  readonly stateRestored: boolean
+}
+
+/** How a connection's streams begin: what the welcome says and what follows it. */
+export interface StreamStart {
+  readonly positions: Positions
+  /** For a resume: what it gave back. */
+  readonly report: ResumeReport | undefined
+  /** Replayed messages first, in publish order, then what was held meanwhile. */
+  readonly messages: Outbound[]
+}
+
+/** The sends that starting streams needs from the stabilizer. */
+export interface StreamIo {
+  welcome: (connection: Connection, start: StreamStart) => void
+  follow: (connection: Connection, stream: string, position: StreamPosition) => void
+  send: (connection: Connection, message: Outbound) => void
+}
+
+/**
+ * Reads where a `stabilizer.v1` connection starts in each of its streams, through the
+ * adapter: the streams' tops for a new session, the replay after the client's positions for
+ * a resume. Live messages meanwhile are held on the connection (`CatchUp`), so that the
+ * client gets every message once, in order, after the welcome.
+ */
+export class StreamStarter {
+  constructor (
+    private readonly adapter: StabilizerAdapter,
+    /** Entries read per stream at most (the logs hold no more). */
+    private readonly replayLimit: number,
+    private readonly io: StreamIo,
+    private readonly log: FastifyBaseLogger
+  ) {}
+
+  /** Starts the connection's streams; the welcome goes out once their positions are known. */
+  start (connection: Connection, streams: readonly string[], resume: Resuming | undefined): void {
+    const catchUp = new CatchUp(streams, true, connection)
+    connection.catchUp = catchUp
+    this.begin(connection, catchUp, resume).catch((err: unknown) => {
+      this.log.error({ err, clientId: connection.id }, 'websocket streams could not start')
+    })
+  }
+
+  /**
+   * The connection joined a stream: before its welcome, the welcome gives the position;
+   * after it, a `follow` frame does.
+   */
+  follow (connection: Connection, stream: string): void {
+    const catchUp = connection.catchUp ?? new CatchUp([], false, connection)
+    const beforeWelcome = catchUp.waitingForWelcome
+    catchUp.add(stream)
+    connection.catchUp = catchUp
+    if (beforeWelcome) return
+    this.adapter.top(stream).then((top) => {
+      const position = before(top, catchUp.firstHeld(stream))
+      if (connection.state === 'open') this.io.follow(connection, stream, position)
+      this.flush(connection, catchUp.settle(stream, position))
+    }, (err: unknown) => {
+      this.log.warn({ err, clientId: connection.id, stream }, 'websocket stream position unknown')
+      this.flush(connection, catchUp.settle(stream, undefined))
+    }).finally(() => {
+      if (catchUp.done && connection.catchUp === catchUp) connection.catchUp = undefined
+    })
+  }
+
+  /** The connection left a stream: a pending position is forgotten; returns whether the client must be told (`unfollow`). */
+  unfollow (connection: Connection, stream: string): boolean {
+    const catchUp = connection.catchUp
+    if (catchUp === undefined) return true
+    const tell = !catchUp.waitingForWelcome
+    catchUp.remove(stream)
+    if (catchUp.done) connection.catchUp = undefined
+    return tell
+  }
+
+  private async begin (connection: Connection, catchUp: CatchUp, resume: Resuming | undefined): Promise<void> {
+    const streams = catchUp.streams
+    const offered = resume?.positions
+    const positions: Positions = {}
+    const covered = new Map<string, StreamPosition>()
+    const replays: Array<readonly StreamEntry[]> = []
+    let missed = 0
+    let historyLost = false
+    // Indexed: a join while positions are read adds to the list.
+    for (let i = 0; i < streams.length; i++) {
+      const stream = streams[i]
+      const at = offered?.[stream]
+      try {
+        if (at !== undefined) {
+          const read = await this.adapter.read(stream, { epoch: at[0], seq: at[1] }, this.replayLimit)
+          if (read.missed < 0) historyLost = true
+          else missed += read.missed
+          const first = read.entries[0]
+          positions[stream] = [read.top.epoch, first === undefined ? read.top.seq : first.seq - 1]
+          const last = read.entries.at(-1)
+          covered.set(stream, last === undefined ? read.top : { epoch: last.epoch, seq: last.seq })
+          replays.push(read.entries)
+        } else {
+          const position = before(await this.adapter.top(stream), catchUp.firstHeld(stream))
+          positions[stream] = [position.epoch, position.seq]
+          covered.set(stream, position)
+        }
+      } catch (err) {
+        this.log.warn({ err, clientId: connection.id, stream }, 'websocket stream position unknown')
+        if (at !== undefined) historyLost = true
+      }
+    }
+    for (const stream of Object.keys(positions)) if (!streams.includes(stream)) delete positions[stream]
+    for (const stream of streams) catchUp.settle(stream, covered.get(stream))
+    const replayed = inPublishOrder(replays)
+    const report = resume === undefined
+      ? undefined
+      : { outcome: outcomeOf(offered, missed, historyLost), stateRestored: resume.stateRestored, replayed: replayed.length, missed, historyLost }
+    const messages = [...replayed.map((entry) => Outbound.fromEntry(entry)), ...catchUp.welcomed(covered)]
+    if (connection.catchUp === catchUp && catchUp.done) connection.catchUp = undefined
+    if (connection.state !== 'open') return
+    this.io.welcome(connection, { positions, report, messages })
+  }
+
+  private flush (connection: Connection, messages: readonly Outbound[]): void {
+    if (connection.state !== 'open') return
+    for (const message of messages) this.io.send(connection, message)
+  }
+}
+
+/** The position just before the first held message of the same epoch, else `top`. */
+function before (top: StreamPosition, firstHeld: Outbound | undefined): StreamPosition {
+  const at = firstHeld?.position
+  if (at === undefined || at.epoch !== top.epoch || at.seq > top.seq) return top
+  return { epoch: top.epoch, seq: at.seq - 1 }
+}
+
+function outcomeOf (offered: Positions | undefined, missed: number, historyLost: boolean): ReplayOutcome {
+  if (offered === undefined || Object.keys(offered).length === 0) return 'none'
+  return missed === 0 && !historyLost ? 'full' : 'partial'
+}
+
+/** Merges per-stream replays by publish time, keeping each stream's own order. */
+function inPublishOrder (replays: ReadonlyArray<readonly StreamEntry[]>): StreamEntry[] {
+  if (replays.length === 1) return [...replays[0]]
+  const heads = replays.map(() => 0)
+  const merged: StreamEntry[] = []
+  for (;;) {
+    let pick = -1
+    for (let i = 0; i < replays.length; i++) {
+      const entry = replays[i][heads[i]]
+      if (entry !== undefined && (pick < 0 || entry.ts < replays[pick][heads[pick]].ts)) pick = i
+    }
+    if (pick < 0) return merged
+    merged.push(replays[pick][heads[pick]++])
+  }
+}
+
+/** A connection's session as any instance can resume it. */
+export function sessionRecord (connection: Connection, userData: Array<[string, string]>): SessionRecord {
+  return { clientId: connection.id, sessionId: connection.sessionId, protocol: connection.protocol, userData, groups: [...connection.groups] }
+}
