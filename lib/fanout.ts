@@ -82,8 +82,8 @@ export class Outbound {
     if (this.protocol === undefined) {
       const at = this.position
       const frame = this.binary
-        ? binaryMessageFrame(at?.stream, at?.epoch ?? '', at?.seq ?? 0, this.payload)
-        : textMessageFrame(at?.stream, at?.epoch ?? '', at?.seq ?? 0, this.payload)
+        ? binaryMessageFrame(at?.stream ?? '', at?.epoch ?? '', at?.seq ?? 0, this.payload)
+        : textMessageFrame(at?.stream ?? '', at?.epoch ?? '', at?.seq ?? 0, this.payload)
       this.protocol = { data: frame, binary: this.binary }
     }
     return this.protocol

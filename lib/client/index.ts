@@ -1,29 +1,36 @@
 /**
  * `fastify-websocket-stabilizer/client`: a WebSocket that reconnects, resumes its session
- * with replay (the `stabilizer.v1` protocol, PROTOCOL.md), detects a dead server and queues
+ * from its positions in the streams it follows (the `stabilizer.v1` protocol, PROTOCOL.md), detects a dead server and queues
  * what is sent while offline. No dependencies; browsers and Node (pass `ws` as `WebSocket`
  * where there is no global one).
  */
 import { shouldReconnect } from '../close-codes.js'
-import type { ResumeReport, Welcome } from '../protocol.js'
+import { encodePositions, parseBinaryMessage, positionsProtocolPrefix, subprotocol, tokenProtocolPrefix, type Positions, type ResumeReport, type Welcome } from '../protocol.js'
 import { backoffDelay, clampDelay, type BackoffOptions } from './backoff.js'
 
 export { backoffDelay, clampDelay, type BackoffOptions } from './backoff.js'
+export type { Positions, ResumeReport } from '../protocol.js'
 
-/** The part of the WebSocket API the client uses (the browser's, or `ws`). */
+/**
+ * An event handler property. Its parameter is checked both ways (as for a method): the DOM's
+ * and `ws`'s handlers take their own, richer event types, and each must be assignable here.
+ */
+type Handler<E> = { bivarianceHack (event: E): void }['bivarianceHack'] | null
+
+/** The part of the WebSocket API the client uses: the browser's `WebSocket` and `ws`'s both fit. */
 export interface WebSocketLike {
   readonly readyState: number
   readonly protocol: string
-  readonly bufferedAmount: number
   binaryType: string
-  onopen: ((event: unknown) => void) | null
-  onmessage: ((event: { data: unknown }) => void) | null
-  onclose: ((event: { code: number, reason: string }) => void) | null
-  onerror: ((event: unknown) => void) | null
+  onopen: Handler<unknown>
+  onmessage: Handler<{ data: unknown }>
+  onclose: Handler<{ code: number, reason: string }>
+  onerror: Handler<unknown>
   send: (data: string | ArrayBuffer | ArrayBufferView) => void
   close: (code?: number, reason?: string) => void
 }
 
+/** A WebSocket class: the global `WebSocket` or `import { WebSocket } from 'ws'`, without a cast. */
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike
 
 export interface StabilizedWebSocketOptions extends BackoffOptions {
@@ -35,8 +42,6 @@ export interface StabilizedWebSocketOptions extends BackoffOptions {
   queueMaxMessages?: number
   queueMaxBytes?: number
   queueMaxAge?: number
-  /** Acknowledge every this many messages (and with each heartbeat answer). Default 100. */
-  ackEvery?: number
   /** Random source of the backoff jitter (tests). Default Math.random. */
   random?: () => number
 }
@@ -72,8 +77,9 @@ const CLOSED = 3
 
 /**
  * A reconnecting WebSocket speaking `stabilizer.v1`. Events: `open` (a session is ready),
- * `message` (`data` without the envelope), `close` (`code`, `reason`, `willRetry`),
- * `reconnecting` (`attempt`, `delay`), `resumed` (`resume`), `error`.
+ * `message` (`data` without the envelope; duplicates of a replay are dropped), `close` (`code`,
+ * `reason`, `willRetry`), `reconnecting` (`attempt`, `delay`), `resumed` (`resume`: outcome,
+ * counts and `historyLost`), `error`.
  */
 export class StabilizedWebSocket extends EventTarget {
   static readonly CONNECTING = CONNECTING
@@ -91,8 +97,6 @@ export class StabilizedWebSocket extends EventTarget {
   /** The client id and session the server gave (after the first `open`). */
   clientId: string | undefined = undefined
   sessionId: string | undefined = undefined
-  /** The last sequence number received. */
-  lastSeq = 0
   /** Messages the offline queue dropped (full or too old). */
   droppedMessages = 0
 
@@ -101,8 +105,9 @@ export class StabilizedWebSocket extends EventTarget {
   private ready = false
   private closed = false
   private attempt = 0
-  private acked = 0
-  private pendingRejection: string | undefined = undefined
+  /** Per stream followed: the epoch and seq of the last message received (or given by welcome / follow). */
+  private readonly held = new Map<string, [epoch: string, seq: number]>()
+  private pendingRejection: { reason: string, hadPositions: boolean } | undefined = undefined
   private heartbeatDeadline = 0
   private lastSeenAt = 0
   private suspect = false
@@ -128,6 +133,16 @@ export class StabilizedWebSocket extends EventTarget {
   get readyState (): number {
     if (this.closed) return this.socket === undefined ? CLOSED : CLOSING
     return this.ready ? OPEN : CONNECTING
+  }
+
+  /**
+   * Where the client stands in each stream it follows (a copy): what it offers when it resumes.
+   * Empty before the first welcome and after a refused resume.
+   */
+  get positions (): Positions {
+    const positions: Positions = {}
+    for (const [stream, [epoch, seq]] of this.held) positions[stream] = [epoch, seq]
+    return positions
   }
 
   /** Messages waiting in the offline queue. */
@@ -176,15 +191,20 @@ export class StabilizedWebSocket extends EventTarget {
   // ---- connection lifecycle ----------------------------------------------------------------
 
   private connect (): void {
-    const protocols = ['stabilizer.v1']
-    if (this.token !== null) protocols.push(`stabilizer.token.${this.token}`, `stabilizer.last.${this.lastSeq}`)
+    const protocols = [subprotocol]
+    if (this.token !== null) {
+      protocols.push(tokenProtocolPrefix + this.token)
+      // Positions a server would refuse (too many or too long) are not offered: resuming without them beats a refused upgrade.
+      const offer = this.held.size > 0 ? encodePositions(this.positions) : undefined
+      if (offer !== undefined) protocols.push(positionsProtocolPrefix + offer)
+    }
     // A bad URL throws here, from the constructor: it would fail on every attempt.
     const socket = new this.Impl(this.url, protocols)
     this.socket = socket
     socket.binaryType = 'arraybuffer'
     socket.onopen = () => {
       // A server that did not select the protocol: a plain connection, ready at once.
-      if (socket.protocol !== 'stabilizer.v1') this.sessionReady()
+      if (socket.protocol !== subprotocol) this.sessionReady()
     }
     socket.onmessage = (event) => { this.receive(event.data) }
     socket.onerror = () => { this.emit('error') }
@@ -196,32 +216,41 @@ export class StabilizedWebSocket extends EventTarget {
     this.suspect = false
     const socket = this.socket
     if (socket === undefined) return
-    if (socket.protocol !== 'stabilizer.v1') {
+    if (socket.protocol !== subprotocol) {
       this.emit('message', { data })
       return
     }
     if (typeof data !== 'string') {
       const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array((data as ArrayBufferView).buffer, (data as ArrayBufferView).byteOffset, (data as ArrayBufferView).byteLength)
-      const view = new DataView(bytes.buffer, bytes.byteOffset, 8)
-      this.delivered(view.getUint32(0) * 0x1_0000_0000 + view.getUint32(4), bytes.slice(8).buffer)
+      const message = parseBinaryMessage(bytes)
+      if (message !== undefined) this.delivered(message.stream, message.epoch, message.seq, message.payload.slice().buffer)
       return
     }
-    let frame: { t?: string, s?: number, d?: string, ts?: number, token?: string | null, expiresAt?: number }
+    let frame: { t?: string, c?: unknown, e?: unknown, s?: unknown, d?: string, ts?: number, token?: string | null, expiresAt?: number }
     try {
       frame = JSON.parse(data) as typeof frame
     } catch {
       return
     }
+    const { c: stream, e: epoch, s: seq } = frame
+    const positioned = typeof stream === 'string' && typeof epoch === 'string' && typeof seq === 'number'
     switch (frame.t) {
       case 'welcome':
         this.welcomed(frame as unknown as Welcome)
         break
       case 'm':
-        this.delivered(frame.s!, frame.d)
+        // Without a (complete) position: delivered, never replayed, positions unchanged.
+        if (positioned) this.delivered(stream, epoch, seq, frame.d)
+        else this.emit('message', { data: frame.d })
+        break
+      case 'follow':
+        if (positioned) this.advance(stream, epoch, seq)
+        break
+      case 'unfollow':
+        if (typeof stream === 'string') this.held.delete(stream)
         break
       case 'ping':
         socket.send(JSON.stringify({ t: 'pong', ts: frame.ts }))
-        this.ack()
         break
       case 'token':
         if (typeof frame.token === 'string') {
@@ -235,18 +264,22 @@ export class StabilizedWebSocket extends EventTarget {
   private welcomed (welcome: Welcome): void {
     this.clientId = welcome.clientId
     this.sessionId = welcome.sessionId
-    this.lastSeq = welcome.seq
-    this.acked = welcome.seq
+    // The server's list is the truth: streams it no longer has the session follow are forgotten.
+    this.held.clear()
+    for (const [stream, position] of Object.entries(welcome.positions ?? {})) {
+      if (Array.isArray(position) && typeof position[0] === 'string' && typeof position[1] === 'number') this.held.set(stream, [position[0], position[1]])
+    }
     this.token = welcome.token
     if (welcome.tokenExpiresAt !== null) this.scheduleTokenRefresh(welcome.tokenExpiresAt)
     const { interval, timeout } = welcome.heartbeat
     this.heartbeatDeadline = interval > 0 ? interval + (timeout > 0 ? timeout : interval) : 0
     if (this.heartbeatDeadline > 0) this.watch()
-    const rejected = this.pendingRejection
+    const rejection = this.pendingRejection
     this.pendingRejection = undefined
     this.sessionReady()
-    const resume = welcome.resume ?? (rejected === undefined ? undefined : { outcome: 'none' as const, stateRestored: false, replayed: 0, missed: 0 })
-    if (resume !== undefined) this.emit('resumed', { resume: rejected === undefined ? resume : { ...resume, rejected } })
+    // A refused token means a new session: what was missed is lost whenever there were positions to offer.
+    const resume = welcome.resume ?? (rejection === undefined ? undefined : { outcome: 'none' as const, stateRestored: false, replayed: 0, missed: 0, historyLost: rejection.hadPositions })
+    if (resume !== undefined) this.emit('resumed', { resume: rejection === undefined ? resume : { ...resume, rejected: rejection.reason } })
   }
 
   /** A session is ready: flush the offline queue in order, then tell the app. */
@@ -264,22 +297,23 @@ export class StabilizedWebSocket extends EventTarget {
     this.emit('open')
   }
 
-  private delivered (seq: number, data: unknown): void {
-    this.lastSeq = seq
-    this.emit('message', { data })
-    if (seq - this.acked >= (this.options.ackEvery ?? 100)) this.ack()
+  /** A message of a stream (stream '' for one without a position): delivered unless it is a duplicate. */
+  private delivered (stream: string, epoch: string, seq: number, data: unknown): void {
+    if (stream === '' || this.advance(stream, epoch, seq)) this.emit('message', { data })
   }
 
-  private ack (): void {
-    if (this.lastSeq > this.acked && this.socket !== undefined) {
-      this.acked = this.lastSeq
-      this.socket.send(JSON.stringify({ t: 'ack', s: this.lastSeq }))
-    }
+  /** Moves a stream's position forward; false when `seq` is not past the position held in the same epoch. */
+  private advance (stream: string, epoch: string, seq: number): boolean {
+    const held = this.held.get(stream)
+    if (held !== undefined && held[0] === epoch && seq <= held[1]) return false
+    // Another epoch: the stream's history was lost, so its numbering starts over.
+    this.held.set(stream, [epoch, seq])
+    return true
   }
 
   private write (data: string | ArrayBuffer | ArrayBufferView): void {
     const socket = this.socket!
-    if (typeof data === 'string' && socket.protocol === 'stabilizer.v1') socket.send(JSON.stringify({ t: 'm', d: data }))
+    if (typeof data === 'string' && socket.protocol === subprotocol) socket.send(JSON.stringify({ t: 'm', d: data }))
     else socket.send(data)
   }
 
@@ -293,10 +327,10 @@ export class StabilizedWebSocket extends EventTarget {
       return
     }
     if (code === 4003) {
-      // The token was refused: start a new session right away.
+      // The token was refused: start a new session right away, from no position.
       this.token = null
-      this.lastSeq = 0
-      this.pendingRejection = reason
+      this.pendingRejection = { reason, hadPositions: this.held.size > 0 }
+      this.held.clear()
     }
     const attempt = ++this.attempt
     const willRetry = shouldReconnect(code) && attempt <= (this.options.maxRetries ?? Infinity)
