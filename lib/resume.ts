@@ -250,7 +250,8 @@ export class StreamStarter {
     }
     for (const stream of Object.keys(positions)) if (!streams.includes(stream)) delete positions[stream]
     for (const stream of streams) catchUp.settle(stream, covered.get(stream))
-    const replayed = inPublishOrder(replays)
+    // Broadcasts that excluded this client are skipped, as they were live.
+    const replayed = inPublishOrder(replays).filter((entry) => entry.exclude === undefined || !entry.exclude.includes(connection.id))
     const report = resume === undefined
       ? undefined
       : { outcome: outcomeOf(offered, missed, historyLost), stateRestored: resume.stateRestored, replayed: replayed.length, missed, historyLost }

@@ -569,13 +569,14 @@ export class Stabilizer {
   }
 
   /** An entry of a stream this instance reads: delivered to its local recipients. */
-  private deliverEntry (entry: StreamEntry): Promise<unknown> {
+  private deliverEntry (entry: StreamEntry): Promise<unknown> | undefined {
     let outbound = this.publishing.get(entry.payload)
     if (outbound === undefined || outbound.position !== undefined) outbound = Outbound.fromEntry(entry)
     else outbound.position = entry
     if (entry.stream.startsWith('c:')) {
       const connection = this.registry.get(entry.stream.slice(2))
-      return connection === undefined ? Promise.resolve(false) : this.writeDirect(connection, outbound)
+      // Not connected here (closing, or gone): the entry waits in its stream for a resume.
+      return connection === undefined ? undefined : this.writeDirect(connection, outbound)
     }
     return this.fanOutLocally(entry.stream, outbound, entry.exclude)
   }

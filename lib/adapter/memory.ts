@@ -16,6 +16,14 @@ interface HeldSession {
   expiresAt: number
 }
 
+/**
+ * How long an empty stream nobody reads keeps its epoch and seq: well past the retention, so
+ * that a client resuming a quiet stream continues it instead of being told its history was lost.
+ */
+function idleStreamMs (retentionMs: number): number {
+  return Math.max(10 * retentionMs, 600_000)
+}
+
 /** Idle streams without readers, retained sessions and redeemed tokens are swept this often (at most). */
 const sweepEveryMs = 10_000
 
@@ -195,7 +203,7 @@ export class MemoryHub {
     const { retentionMs } = this.bounds
     for (const [stream, log] of this.streams) {
       log.expire(now)
-      if (log.size === 0 && now - log.touchedAt > retentionMs && !this.isRead(stream)) this.streams.delete(stream)
+      if (log.size === 0 && now - log.touchedAt > idleStreamMs(retentionMs) && !this.isRead(stream)) this.streams.delete(stream)
     }
     for (const [clientId, held] of this.sessions) {
       if (!this.alive(clientId, held, now)) this.sessions.delete(clientId)
