@@ -41,6 +41,7 @@ export class MemoryHub {
   private readonly redeemed = new Map<string, number>()
   private limits: AdapterLimits | undefined = undefined
   private sweeper: NodeJS.Timeout | undefined = undefined
+  private lastTs = 0
 
   constructor (private readonly maxRedeemedTokens = 100_000) {}
 
@@ -115,7 +116,9 @@ export class MemoryHub {
 
   /** @internal Appends and delivers to every instance that subscribed, the publisher last. */
   publish (origin: MemoryAdapter, stream: string, message: StreamMessage): PublishResult {
-    const entry = this.log(stream).append(message, origin.instanceId, Date.now())
+    // Strictly increasing across streams, so that a replay merges them in publish order.
+    this.lastTs = Math.max(Date.now(), this.lastTs + 0.001)
+    const entry = this.log(stream).append(message, origin.instanceId, this.lastTs)
     for (const instance of this.instances) {
       if (instance !== origin) instance.receive(entry)
     }
