@@ -259,6 +259,7 @@ export class MemoryAdapter implements StabilizerAdapter {
   private readonly hub: MemoryHub
   private instance: InstanceContext | undefined = undefined
   private readonly subscriptions = new Map<string, number>()
+  private stopped = false
 
   constructor (options: MemoryAdapterOptions = {}) {
     this.shared = options.hub !== undefined
@@ -277,6 +278,7 @@ export class MemoryAdapter implements StabilizerAdapter {
   }
 
   async stop (): Promise<void> {
+    this.stopped = true
     this.hub.leave(this)
     this.subscriptions.clear()
     // Alone, nothing outlives the process: what it kept goes with it.
@@ -284,6 +286,7 @@ export class MemoryAdapter implements StabilizerAdapter {
   }
 
   async publish (stream: string, message: StreamMessage): Promise<PublishResult> {
+    if (this.stopped) throw new Error('the adapter was stopped')
     return this.hub.publish(this, stream, message)
   }
 
