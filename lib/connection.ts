@@ -3,7 +3,7 @@ import type { WebSocket } from 'ws'
 import { HeartbeatState } from './heartbeat.js'
 import type { InboundBudget } from './rate-limit.js'
 import type { AdmissionTicket } from './admission.js'
-import type { CatchUp } from './resume.js'
+import type { CatchUp } from './catch-up.js'
 import { randomBytes } from 'node:crypto'
 
 /** open → closing (a close was started) → closed (the socket emitted 'close'). */

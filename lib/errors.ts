@@ -1,3 +1,4 @@
+/** The error catalog: every coded error the plugin throws, with the close code of those that end a socket. */
 import createError, { type FastifyErrorConstructor } from '@fastify/error'
 import { CloseCode } from './close-codes.js'
 

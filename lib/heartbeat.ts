@@ -1,4 +1,11 @@
-import type { Connection } from './connection.js'
+/** Liveness: the heartbeat timing wheel that pings every connection, measures RTT and terminates dead peers. */
+/** What the scheduler needs of a connection: its heartbeat state, kept on the connection itself. */
+export interface Beating {
+  readonly heartbeat: HeartbeatState
+  /** Only an open connection is judged. */
+  readonly state: string
+}
+type Connection = Beating
 
 /** What the scheduler needs from the rest of the stabilizer. */
 export interface HeartbeatHost {

@@ -1,3 +1,4 @@
+/** The plugin entry: options → stabilizer, the decorator, lifecycle hooks and routes. */
 // Keeps @fastify/websocket's route and instance typings (websocket: true, websocketServer)
 // in the published declarations: users' websocket routes type-check with this import alone.
 /// <reference types="@fastify/websocket" preserve="true" />

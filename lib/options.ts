@@ -1,3 +1,4 @@
+/** The options: their TypeBox schema, defaults and the checks that fail `register` with a coded error. */
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import type { FastifyRequest } from 'fastify'

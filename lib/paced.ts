@@ -1,3 +1,4 @@
+/** Mass operations spread over event-loop turns. */
 import { setImmediate as nextTurn } from 'node:timers/promises'
 
 /**

@@ -281,7 +281,6 @@ export function pingFrame (timestamp: number): string {
 
 // ---- the previous protocol, until the server switches ------------------------------------------
 
-
 // ---- client → server -----------------------------------------------------------------------
 
 export type ClientFrame =

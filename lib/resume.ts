@@ -6,6 +6,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { SessionRecord, StabilizerAdapter, StreamEntry, StreamPosition } from './adapter/adapter.js'
 import type { Connection, DisconnectCause } from './connection.js'
+import { CatchUp, type Positioned } from './catch-up.js'
 import { Outbound } from './fanout.js'
 import type { Positions, ReplayOutcome, ResumeReport } from './protocol.js'
 
@@ -39,101 +40,6 @@ export function allowsResume (cause: DisconnectCause, code: number, sharedAdapte
       return code !== 1000
     default:
       return false
-  }
-}
-
-/** Messages held for one connection while the positions of its streams are read, at most. */
-const maxHeld = 10_000
-
-/**
- * A `stabilizer.v1` connection whose position in some streams is not known yet (or whose
- * welcome has not gone out): what reaches it meanwhile is held, in order, and sent once the
- * position is known — without a duplicate or a gap.
- */
-export class CatchUp {
-  private readonly pending: Set<string>
-  /** The streams the welcome gives positions for, in order (joins before the welcome add to it). */
-  readonly streams: string[]
-  private held: Outbound[] = []
-  /** Held messages dropped past `maxHeld`. */
-  overflowed = 0
-
-  constructor (streams: Iterable<string>, private welcomePending: boolean, private readonly connection: Connection) {
-    this.pending = new Set(streams)
-    this.streams = [...this.pending]
-  }
-
-  /** Whether the welcome has yet to go out (nothing may precede it). */
-  get waitingForWelcome (): boolean {
-    return this.welcomePending
-  }
-
-  /** Takes a message for the connection if it must wait; false when it may be sent now. */
-  holds (message: Outbound): boolean {
-    const stream = message.position?.stream
-    if (!this.welcomePending && (stream === undefined || !this.pending.has(stream))) return false
-    if (this.held.length >= maxHeld) {
-      this.held.shift()
-      this.overflowed++
-      this.connection.droppedMessages++
-    }
-    this.held.push(message)
-    return true
-  }
-
-  add (stream: string): void {
-    if (this.pending.has(stream)) return
-    this.pending.add(stream)
-    if (this.welcomePending) this.streams.push(stream)
-  }
-
-  /** The connection left the stream before its position was known: what was held of it goes. */
-  remove (stream: string): void {
-    this.pending.delete(stream)
-    const at = this.streams.indexOf(stream)
-    if (at >= 0) this.streams.splice(at, 1)
-    this.held = this.held.filter((message) => message.position?.stream !== stream)
-  }
-
-  /** The first held message of `stream` (to start its position before it). */
-  firstHeld (stream: string): Outbound | undefined {
-    return this.held.find((message) => message.position?.stream === stream)
-  }
-
-  /**
-   * The stream's position is known (`covered`: the client has everything up to it): takes its
-   * held messages that come after it, in order; those of other pending streams stay held.
-   */
-  settle (stream: string, covered: StreamPosition | undefined): Outbound[] {
-    this.pending.delete(stream)
-    if (this.welcomePending) return []
-    return this.take((message) => message.position?.stream === stream, covered)
-  }
-
-  /** The welcome went out: everything held that is not waiting for a pending stream. */
-  welcomed (covered: ReadonlyMap<string, StreamPosition>): Outbound[] {
-    this.welcomePending = false
-    return this.take((message) => message.position === undefined || !this.pending.has(message.position.stream), covered)
-  }
-
-  get done (): boolean {
-    return !this.welcomePending && this.pending.size === 0
-  }
-
-  private take (selected: (message: Outbound) => boolean, covered: StreamPosition | ReadonlyMap<string, StreamPosition> | undefined): Outbound[] {
-    const out: Outbound[] = []
-    const kept: Outbound[] = []
-    for (const message of this.held) {
-      if (!selected(message)) {
-        kept.push(message)
-        continue
-      }
-      const at = message.position
-      const upTo = at === undefined ? undefined : covered instanceof Map ? covered.get(at.stream) : covered as StreamPosition | undefined
-      if (at === undefined || upTo === undefined || at.epoch !== upTo.epoch || at.seq > upTo.seq) out.push(message)
-    }
-    this.held = kept
-    return out
   }
 }
 
@@ -177,7 +83,7 @@ export class StreamStarter {
 
   /** Starts the connection's streams; the welcome goes out once their positions are known. */
   start (connection: Connection, streams: readonly string[], resume: Resuming | undefined): void {
-    const catchUp = new CatchUp(streams, true, connection)
+    const catchUp = new CatchUp<Outbound>(streams, true, () => { connection.droppedMessages++ })
     connection.catchUp = catchUp
     this.begin(connection, catchUp, resume).catch((err: unknown) => {
       this.log.error({ err, clientId: connection.id }, 'websocket streams could not start')
@@ -189,7 +95,7 @@ export class StreamStarter {
    * after it, a `follow` frame does.
    */
   follow (connection: Connection, stream: string): void {
-    const catchUp = connection.catchUp ?? new CatchUp([], false, connection)
+    const catchUp = (connection.catchUp as CatchUp<Outbound> | undefined) ?? new CatchUp<Outbound>([], false, () => { connection.droppedMessages++ })
     const beforeWelcome = catchUp.waitingForWelcome
     catchUp.add(stream)
     connection.catchUp = catchUp
@@ -216,7 +122,7 @@ export class StreamStarter {
     return tell
   }
 
-  private async begin (connection: Connection, catchUp: CatchUp, resume: Resuming | undefined): Promise<void> {
+  private async begin (connection: Connection, catchUp: CatchUp<Outbound>, resume: Resuming | undefined): Promise<void> {
     const streams = catchUp.streams
     const offered = resume?.positions
     const positions: Positions = {}
@@ -268,7 +174,7 @@ export class StreamStarter {
 }
 
 /** The position just before the first held message of the same epoch, else `top`. */
-function before (top: StreamPosition, firstHeld: Outbound | undefined): StreamPosition {
+function before (top: StreamPosition, firstHeld: Positioned | undefined): StreamPosition {
   const at = firstHeld?.position
   if (at === undefined || at.epoch !== top.epoch || at.seq > top.seq) return top
   return { epoch: top.epoch, seq: at.seq - 1 }

@@ -1,3 +1,4 @@
+/** The HTTP routes: `GET /ws-stats` and `POST /reconnect-token`, with their TypeBox schemas. */
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { TokenRequestForbiddenError, TooManyConnectionsError } from './errors.js'

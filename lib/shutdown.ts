@@ -1,3 +1,4 @@
+/** The graceful drain: close every socket with the shutdown code, wait until the deadline, terminate the rest. */
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Connection } from './connection.js'
 import { paced } from './paced.js'

@@ -82,8 +82,9 @@ export class Stabilizer {
     this.heartbeat = options.heartbeatInterval === 0
       ? undefined
       : new HeartbeatScheduler({ interval: options.heartbeatInterval, timeout: options.heartbeatTimeout }, {
-        sendPing: (connection) => this.sendHeartbeat(connection),
-        terminate: (connection) => {
+        sendPing: (beating) => this.sendHeartbeat(beating as Connection),
+        terminate: (beating) => {
+          const connection = beating as Connection
           this.log.debug({ clientId: connection.id, lastRtt: connection.lastRtt, timeoutMs: options.heartbeatTimeout }, 'websocket heartbeat timeout')
           this.terminateConnection(connection, 'heartbeat_timeout')
         }

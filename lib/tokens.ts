@@ -1,3 +1,4 @@
+/** Reconnect tokens: stateless signed claims, and the service that issues, verifies and redeems them. */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { InvalidTokenError, TokenExpiredError } from './errors.js'
 import { KeyedRateLimiter } from './admission.js'

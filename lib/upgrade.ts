@@ -1,3 +1,4 @@
+/** The upgrade path: admission before the handshake (limits, identity, tokens) and registration right after it. */
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'

@@ -15,12 +15,12 @@ function recordingHost (answer: (connection: FakeConnection) => void = () => {})
   const terminated: Array<{ id: string, at: number }> = []
   const host: HeartbeatHost = {
     sendPing: (connection) => {
-      pings.push({ id: connection.id, at: performance.now() })
+      pings.push({ id: (connection as unknown as FakeConnection).id, at: performance.now() })
       answer(connection as unknown as FakeConnection)
       return true
     },
     terminate: (connection) => {
-      terminated.push({ id: connection.id, at: performance.now() })
+      terminated.push({ id: (connection as unknown as FakeConnection).id, at: performance.now() })
       ;(connection as unknown as FakeConnection).state = 'closed'
     }
   }
@@ -242,7 +242,7 @@ void t.test('a connection removed while its ping is being written is not schedul
   const pinged: string[] = []
   const host: HeartbeatHost = {
     sendPing: (connection) => {
-      pinged.push(connection.id)
+      pinged.push((connection as unknown as FakeConnection).id)
       scheduler.remove(connection) // as a host whose write closed the socket then and there
       return true
     },
