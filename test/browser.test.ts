@@ -30,7 +30,7 @@ async function stopGracefully (server: ServerProcess): Promise<number> {
 }
 
 interface Tick { type: 'tick', run: string, n: number }
-interface PageEvent { type: string, code?: number, reason?: string, outcome?: string, stateRestored?: boolean, at: number }
+interface PageEvent { type: string, code?: number, reason?: string, outcome?: string, stateRestored?: boolean, historyLost?: boolean, at: number }
 
 const ticksOf = async (page: Page): Promise<Tick[]> => (await page.evaluate('window.chatLog') as string[]).map((data) => JSON.parse(data) as Tick).filter((m) => m.type === 'tick')
 const eventsOf = async (page: Page): Promise<PageEvent[]> => await page.evaluate('window.chatEvents') as PageEvent[]
@@ -70,7 +70,10 @@ if (!existsSync(chromiumPath)) {
     t.same(run2, Array.from({ length: run2.length }, (_, i) => run2[0] + i), 'run 2: in order, no gap, no duplicate')
     const events = await eventsOf(page)
     t.match(events.find((e) => e.type === 'close'), { code: 1012 }, 'told the server was restarting')
-    t.match(events.find((e) => e.type === 'resumed'), { outcome: 'none', stateRestored: false }, 'the identity resumed on the new process; the state loss is reported')
+    // The in-process adapter keeps nothing across a restart: the page offered positions of streams
+    // whose history is gone, and is told so (PROTOCOL.md §3, resume).
+    t.match(events.find((e) => e.type === 'resumed'), { outcome: 'partial', stateRestored: false, historyLost: true }, 'the identity resumed on the new process; the state and history loss are reported')
+    t.match(await page.evaluate('window.chat.positions'), { '*': [String, Number] }, 'the page follows the broadcast stream of the new process')
     t.ok(await page.evaluate('window.chat.clientId === "ada"'))
     await page.close()
   })
