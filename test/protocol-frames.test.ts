@@ -81,10 +81,10 @@ void t.test('encodePositions refuses what the peer would refuse, so a client nev
 void t.test('readOffer reads the token and positions from the subprotocol header; selectProtocol never picks them', async (t) => {
   const positions: Positions = { '*': ['E', 3], 'g:room': ['F', 7] }
   const header = `stabilizer.v1, stabilizer.token.abc.def, ${positionsProtocolPrefix}${encodePositions(positions)!}`
-  t.same(readOffer(header), { offered: true, token: 'abc.def', positions, lastSeq: undefined })
-  t.same(readOffer([`${positionsProtocolPrefix}${encodePositions(positions)!}`, 'stabilizer.v1']), { offered: true, token: undefined, positions, lastSeq: undefined }, 'any order, several header lines')
-  t.same(readOffer(`stabilizer.v1, ${positionsProtocolPrefix}not*base64`), { offered: true, token: undefined, positions: undefined, lastSeq: undefined }, 'malformed positions: none')
-  t.same(readOffer(undefined), { offered: false, token: undefined, positions: undefined, lastSeq: undefined })
+  t.same(readOffer(header), { offered: true, token: 'abc.def', positions })
+  t.same(readOffer([`${positionsProtocolPrefix}${encodePositions(positions)!}`, 'stabilizer.v1']), { offered: true, token: undefined, positions }, 'any order, several header lines')
+  t.same(readOffer(`stabilizer.v1, ${positionsProtocolPrefix}not*base64`), { offered: true, token: undefined, positions: undefined }, 'malformed positions: none')
+  t.same(readOffer(undefined), { offered: false, token: undefined, positions: undefined })
   t.equal(selectProtocol(new Set([`${positionsProtocolPrefix}e30`, 'stabilizer.token.x', 'chat'])), 'chat')
   t.equal(selectProtocol(new Set([`${positionsProtocolPrefix}e30`])), false)
   t.equal(selectProtocol(new Set(['chat', 'stabilizer.v1'])), 'stabilizer.v1')
