@@ -1,12 +1,12 @@
 import t from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { existsSync } from 'node:fs'
 import net from 'node:net'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { killProcess } from './fixtures/processes.js'
+import { requirePrerequisites } from './fixtures/requires.js'
 
 // The example's page, in headless Chromium, against the example app in its own process.
 const chromiumPath = '/usr/bin/chromium'
@@ -43,9 +43,8 @@ async function until (condition: () => Promise<boolean>, timeoutMs = 15_000): Pr
   }
 }
 
-if (!existsSync(chromiumPath)) {
-  t.fail(`${chromiumPath} is missing: apt-get install chromium (.ci/run does)`)
-} else {
+// Fails at once, saying how to install it, when Chromium does not run here.
+if (await requirePrerequisites(t, 'chromium') === false) {
   let browser: Browser
   t.before(async () => {
     browser = await chromium.launch({ executablePath: chromiumPath, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] })
