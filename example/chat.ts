@@ -1,10 +1,11 @@
 import { buildChatApp } from './app.js'
+import { loadSecrets } from './dev-secret.js'
 
-const app = await buildChatApp()
+const app = await buildChatApp({ secrets: await loadSecrets() })
 const port = Number(process.env.PORT ?? 3000)
 const host = process.env.HOST ?? '127.0.0.1'
 await app.listen({ port, host })
-app.log.info(`chat page: http://${host}:${port}/  —  stats: http://${host}:${port}/ws-stats`)
+app.log.info(`chat page: http://${host}:${port}/ (each tab is its own user; /?id=alice picks a name)  —  stats: http://${host}:${port}/ws-stats`)
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
