@@ -11,16 +11,16 @@ export const devSecretFile = fileURLToPath(new URL('./.dev-secret', import.meta.
  * store — else a development secret generated on first run and kept in example/.dev-secret, so
  * that sessions resume across restarts of the example.
  */
-export async function loadSecrets (env: NodeJS.ProcessEnv = process.env): Promise<string[]> {
+export async function loadSecrets (env: NodeJS.ProcessEnv = process.env, file = devSecretFile): Promise<string[]> {
   const fromEnv = env.STABILIZER_SECRETS?.split(',').map((secret) => secret.trim()).filter(Boolean)
   if (fromEnv !== undefined && fromEnv.length > 0) return fromEnv
   try {
-    const kept = (await readFile(devSecretFile, 'utf8')).trim()
+    const kept = (await readFile(file, 'utf8')).trim()
     if (kept.length >= 32) return [kept]
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
   }
   const secret = randomBytes(32).toString('base64url')
-  await writeFile(devSecretFile, secret + '\n', { mode: 0o600 })
+  await writeFile(file, secret + '\n', { mode: 0o600 })
   return [secret]
 }

@@ -1,5 +1,8 @@
 import t from 'tap'
+import { spawn } from 'node:child_process'
 import { mkdtemp } from 'node:fs/promises'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Browser, Page } from 'playwright-core'
@@ -27,6 +30,25 @@ if (await requirePrerequisites(t, 'chromium') === false) {
   let browser: Browser
   t.before(async () => { browser = await launchChromium() })
   t.teardown(async () => await browser.close())
+
+  void t.test('the example command (example/chat.ts) serves the page, which connects', async (t) => {
+    // As `npm run example` runs it, on a free port, with its secret from the environment.
+    const chat = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('../example/chat.ts', import.meta.url))], {
+      env: { ...process.env, PORT: '0', STABILIZER_SECRETS: 'example-page-test-secret-of-32-bytes-at-least' },
+      stdio: ['ignore', 'pipe', 'inherit']
+    })
+    t.teardown(async () => await killProcess(chat))
+    let url: string | undefined
+    for await (const line of createInterface({ input: chat.stdout })) {
+      url = (JSON.parse(line) as { url?: string }).url
+      if (url !== undefined) break
+    }
+    t.ok(url, `the example logs its page's URL (${String(url)})`)
+    const page = await browser.newPage()
+    await page.goto(`${url!}/`)
+    await shows(t, page, /^connected as guest-/, 'example-command')
+    await page.close()
+  })
 
   void t.test('two tabs without ?id= are two people; each sees its own messages marked, with times', async (t) => {
     const server = await startServer({ TICK_MS: '60000' })
