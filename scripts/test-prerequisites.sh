@@ -9,10 +9,16 @@ check_only=false
 
 missing_packages=()
 missing_what=()
+broken=()
 need () { # need <package> <what> <command...>: the command must run
   local package=$1 what=$2
   shift 2
   if ! "$@" >/dev/null 2>&1; then
+    if dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
+      # Installed, yet it does not run: installing again would not help.
+      broken+=("$what: the package $package is installed but \`$*\` fails; run it to see why")
+      return
+    fi
     missing_what+=("$what")
     case " ${missing_packages[*]-} " in *" $package "*) ;; *) missing_packages+=("$package") ;; esac
   fi
@@ -43,14 +49,16 @@ if [ "${#missing_packages[@]}" -gt 0 ] && ! $check_only && [ "$(id -u)" -eq 0 ] 
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing_packages[@]}" >&2
-  exec "$0" --check # check again: what was installed must now run
+  TEST_PREREQUISITES_INSTALLED=1 exec "$0" --check # check again: what was installed must now run
 fi
 
-if [ "${#missing_packages[@]}" -gt 0 ] || [ "${#problems[@]}" -gt 0 ]; then
+if [ "${#missing_packages[@]}" -gt 0 ] || [ "${#problems[@]}" -gt 0 ] || [ "${#broken[@]}" -gt 0 ]; then
   {
     echo "The test suite cannot run on this machine yet. Missing:"
-    for what in "${missing_what[@]+"${missing_what[@]}"}" "${problems[@]+"${problems[@]}"}"; do echo "  - $what"; done
-    if [ "${#missing_packages[@]}" -gt 0 ]; then
+    for what in "${missing_what[@]+"${missing_what[@]}"}" "${broken[@]+"${broken[@]}"}" "${problems[@]+"${problems[@]}"}"; do echo "  - $what"; done
+    if [ "${#missing_packages[@]}" -gt 0 ] && [ -n "${TEST_PREREQUISITES_INSTALLED:-}" ]; then
+      echo "apt-get installed ${missing_packages[*]}, yet the commands above are still not found: check PATH (ip, tc, iptables and sysctl live in /usr/sbin)."
+    elif [ "${#missing_packages[@]}" -gt 0 ]; then
       echo "Install (Debian, as root): apt-get install --no-install-recommends ${missing_packages[*]}"
       echo "or run this script as root: scripts/test-prerequisites.sh"
     fi
