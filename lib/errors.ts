@@ -50,10 +50,14 @@ export const ShutdownError = define('FST_WS_STABILIZER_SHUTTING_DOWN', 'Server i
 export const MemoryLimitExceededError = define('FST_WS_STABILIZER_MEMORY_LIMIT', 'Memory limit exceeded: %s', 507, undefined, Base)
 /** The upgrade's Origin is not in `allowedOrigins` (cross-site WebSocket hijacking). */
 export const OriginNotAllowedError = define('FST_WS_STABILIZER_ORIGIN_NOT_ALLOWED', 'Origin %s is not allowed', 403, undefined, Base)
-/** A client IP is over `maxConnectionsPerIp` or `connectRatePerIp`. */
+/** A client IP is over `maxConnectionsPerIp` or `connectRatePerIp` (HTTP 429 before the upgrade). */
 export const TooManyConnectionsError = define('FST_WS_STABILIZER_TOO_MANY_CONNECTIONS', '%s', 429, undefined, Base)
-/** A reconnect-token request was not authorized (its caller does not hold that client id). */
-export const TokenRequestForbiddenError = define('FST_WS_STABILIZER_TOKEN_REQUEST_FORBIDDEN', 'Not allowed to obtain a reconnect token for this client', 403, undefined, Base)
+/** A reconnect-token request was not authorized (its caller does not hold that client id); the message says what proves it. */
+export const TokenRequestForbiddenError = define('FST_WS_STABILIZER_TOKEN_REQUEST_FORBIDDEN', 'Not allowed to obtain a reconnect token for this client: %s', 403, undefined, Base)
+/** A client asked `POST /reconnect-token` more often than `tokenRequestsPerMinute` (HTTP 429 with Retry-After). */
+export const TooManyTokenRequestsError = define('FST_WS_STABILIZER_TOO_MANY_TOKEN_REQUESTS', 'Too many reconnect-token requests for this client: at most %d per minute, retry in %d s', 429, undefined, Base)
+/** The plugin was registered twice on the same instance (it would decorate and hook everything twice). */
+export const AlreadyRegisteredError = define('FST_WS_STABILIZER_ALREADY_REGISTERED', 'fastify-websocket-stabilizer is already registered on this instance: register it once, at the root (fastify-plugin shares it with every child context)', 500, undefined, Base)
 /** The identity hook returned something that cannot be a client id. */
 export const InvalidClientIdError = define('FST_WS_STABILIZER_INVALID_CLIENT_ID', 'Invalid client id: %s', 400, undefined, Base)
 
@@ -73,6 +77,8 @@ export type InvalidClientIdError = InstanceType<typeof InvalidClientIdError>
 export type OriginNotAllowedError = InstanceType<typeof OriginNotAllowedError>
 export type TooManyConnectionsError = InstanceType<typeof TooManyConnectionsError>
 export type TokenRequestForbiddenError = InstanceType<typeof TokenRequestForbiddenError>
+export type TooManyTokenRequestsError = InstanceType<typeof TooManyTokenRequestsError>
+export type AlreadyRegisteredError = InstanceType<typeof AlreadyRegisteredError>
 /* eslint-enable @typescript-eslint/no-redeclare */
 
 /** Every error class of the catalog, by exported name (the README documents each code). */
@@ -90,5 +96,7 @@ export const errorCatalog = {
   InvalidClientIdError,
   OriginNotAllowedError,
   TooManyConnectionsError,
-  TokenRequestForbiddenError
+  TokenRequestForbiddenError,
+  TooManyTokenRequestsError,
+  AlreadyRegisteredError
 } as const

@@ -5,7 +5,8 @@
 import websocket from '@fastify/websocket'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { InvalidOptionError } from './errors.js'
+import { AlreadyRegisteredError, InvalidOptionError } from './errors.js'
+import { createParamLengthCheck } from './param-length.js'
 import { resolveOptions, type StabilizerOptions } from './options.js'
 import { registerReconnectTokenRoute, registerStatsRoute } from './routes.js'
 import { Stabilizer } from './stabilizer.js'
@@ -29,8 +30,12 @@ declare module 'fastify' {
 }
 
 async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions: StabilizerOptions): Promise<void> {
+  // fastify-plugin shares the decorator with the parent: a second registration would only
+  // fail later, on Fastify's generic FST_ERR_DEC_ALREADY_PRESENT.
+  if (fastify.hasDecorator('stabilizer')) throw new AlreadyRegisteredError()
   const options = resolveOptions(rawOptions)
   const log = fastify.log.child({ plugin: 'fastify-websocket-stabilizer' }, options.logLevel === undefined ? {} : { level: options.logLevel })
+  fastify.addHook('onRoute', createParamLengthCheck((fastify.initialConfig as { routerOptions?: { maxParamLength?: number } }).routerOptions?.maxParamLength, log))
   const ownsWebsocket = !fastify.hasDecorator('websocketServer')
   if (!ownsWebsocket) {
     for (const name of ['maxMessageSize', 'compression'] as const) {
@@ -87,7 +92,7 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
 
   if (options.statsRoute !== false) registerStatsRoute(fastify, options.statsRoute, stabilizer)
   if (options.enableReconnect && options.reconnectTokenRoute !== false) {
-    registerReconnectTokenRoute(fastify, options.reconnectTokenRoute, stabilizer, options.identify)
+    registerReconnectTokenRoute(fastify, options.reconnectTokenRoute, stabilizer, options.identify, options.tokenRequestsPerMinute)
   }
 }
 
@@ -139,3 +144,4 @@ export type { OutboundMessage } from './message.js'
 export { CloseCode, closeCodeTable, shouldReconnect, type CloseCodeInfo } from './close-codes.js'
 export * from './errors.js'
 export { StatsResponseSchema, TokenRequestSchema, TokenResponseSchema } from './routes.js'
+export { redactReconnectToken, redactedRequestSerializer } from './log-redaction.js'

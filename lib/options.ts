@@ -1,8 +1,9 @@
 /** The options: their TypeBox schema, defaults and the checks that fail `register` with a coded error. */
-import { Type, type Static } from '@sinclair/typebox'
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import type { FastifyRequest } from 'fastify'
 import { InvalidOptionError } from './errors.js'
+import { allowedValues, belowMinimum, nearestName } from './option-messages.js'
 import type { StabilizedConnection } from './connection.js'
 import type { ReplayOutcome } from './protocol.js'
 import type { StabilizerAdapter } from './adapter/adapter.js'
@@ -22,13 +23,13 @@ export const OptionsSchema = Type.Object({
   reconnectTokenTtl: Type.Optional(Type.Integer({ minimum: 1000, description: 'Lifetime of a reconnect token in ms.' })),
   resumeWindow: Type.Optional(Milliseconds('How long the state of a session whose connection was lost is kept for its client to resume.')),
   maxRetainedSessions: Type.Optional(Type.Integer({ minimum: 0, description: 'Sessions retained at once; past it the oldest is dropped.' })),
-  replayBufferSize: Type.Optional(Type.Integer({ minimum: 0, description: 'Messages kept per `stabilizer.v1` session for replay after a resume (the most recent; acknowledged ones are freed); 0 = no replay.' })),
-  replayBufferBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'Bytes kept per `stabilizer.v1` session for replay (payloads plus 160 bytes per message); past it the oldest go.' })),
+  replayBufferSize: Type.Optional(Type.Integer({ minimum: 0, description: 'Messages kept per stream (everyone, each group, each client) for replay to resuming `stabilizer.v1` clients (the most recent); 0 = no replay.' })),
+  replayBufferBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'Bytes kept per stream for replay (payloads plus 160 bytes per message); past it the oldest go.' })),
   reconnectTokenRoute: Type.Optional(Type.Union([RoutePath, Type.Literal(false)], { description: 'Path of POST /reconnect-token, or false to not register it.' })),
   tokenRequestsPerMinute: Type.Optional(Count('Reconnect-token requests per minute allowed per client id on the route.')),
   onResume: Type.Optional(Type.Function([Type.Any(), Type.Any()], Type.Any(), { description: 'Called when a client resumes its session with a token.' })),
-  heartbeatInterval: Type.Optional(Milliseconds('Time between heartbeats; 0 turns heartbeats off.')),
-  heartbeatTimeout: Type.Optional(Milliseconds('How long a heartbeat may stay unanswered before the peer is terminated; 0 = keepalive only, never terminate.')),
+  heartbeatInterval: Type.Optional(Milliseconds('Time between heartbeats, at least 100 ms; 0 turns heartbeats off.')),
+  heartbeatTimeout: Type.Optional(Milliseconds('How long a heartbeat may stay unanswered before the peer is terminated, at least 50 ms; 0 = keepalive only, never terminate.')),
   heartbeatType: Type.Optional(Type.Union([Type.Literal('ping'), Type.Literal('custom')], { description: '\'ping\' (protocol ping frames) or \'custom\' (application messages).' })),
   anyMessageIsAlive: Type.Optional(Type.Boolean({ description: 'Any inbound message or ping counts as an answer to the pending heartbeat.' })),
   customPing: Type.Optional(Type.Function([Type.Number()], Type.String(), { description: 'heartbeatType \'custom\': builds the ping message from Date.now().' })),
@@ -49,7 +50,7 @@ export const OptionsSchema = Type.Object({
   compression: Type.Optional(Type.Boolean({ description: 'Negotiate permessage-deflate.' })),
   maxConcurrentBroadcast: Type.Optional(Count('Sends a broadcast performs per event-loop turn before yielding.')),
   maxConcurrentCleanup: Type.Optional(Count('Closes started per event-loop turn during shutdown and mass evictions.')),
-  closeTimeout: Type.Optional(Count('How long a server-initiated close waits for the peer\'s close frame before terminate().')),
+  closeTimeout: Type.Optional(Count('How long a server-initiated close waits for the peer\'s close frame before terminate(), at least 100 ms.')),
   shutdownTimeout: Type.Optional(Milliseconds('Deadline of a graceful shutdown; sockets still open then are terminated.')),
   shutdownCloseCode: Type.Optional(Type.Union([Type.Literal(1012), Type.Literal(1001)], { description: 'Close code sent to every client at shutdown: 1012 or 1001.' })),
   shutdownReleasePort: Type.Optional(Type.Boolean({ description: 'app.close() stops accepting TCP connections before the drain (not after), so a replacement can take the port while old sockets drain.' })),
@@ -183,6 +184,17 @@ export function defaultIsCustomPong (data: Buffer, isBinary: boolean): boolean {
   }
 }
 
+/** What a schema error says about option `name`: the allowed values, or the option it was probably meant to be. */
+function describeError (name: string, message: string, schema: TSchema): string {
+  if (message === 'Unexpected property') {
+    const nearest = nearestName(name, Object.keys(OptionsSchema.properties))
+    return nearest === undefined ? 'unknown option' : `unknown option (did you mean "${nearest}"?)`
+  }
+  const allowed = allowedValues(schema)
+  if (allowed !== undefined) return `must be one of ${allowed.join(', ')}`
+  return `${message}${typeof schema.description === 'string' ? ` (${schema.description})` : ''}`
+}
+
 /**
  * Validates `input` against the schema and fills in defaults.
  * @throws InvalidOptionError naming the first offending option.
@@ -192,13 +204,14 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   const error = Value.Errors(OptionsSchema, options).First()
   if (error !== undefined) {
     const name = error.path.replace(/^\//, '').replace(/\//g, '.') || '(options)'
-    const detail = error.message === 'Unexpected property'
-      ? 'unknown option'
-      : `${error.message}${typeof error.schema.description === 'string' ? ` (${error.schema.description})` : ''}`
-    throw new InvalidOptionError(name, detail)
+    throw new InvalidOptionError(name, describeError(name, error.message, error.schema))
   }
   const given = Object.fromEntries(Object.entries(options as object).filter(([, value]) => value !== undefined)) as Partial<ResolvedOptions>
   const resolved = { ...defaults, customPing: defaultCustomPing, isCustomPong: defaultIsCustomPong, ...given } as ResolvedOptions
+  for (const name of ['heartbeatInterval', 'heartbeatTimeout', 'closeTimeout'] as const) {
+    const reason = belowMinimum(name, given[name])
+    if (reason !== undefined) throw new InvalidOptionError(name, reason)
+  }
   if (resolved.heartbeatInterval === 0 && given.heartbeatTimeout !== undefined) {
     throw new InvalidOptionError('heartbeatTimeout', 'has no effect when heartbeatInterval is 0 (heartbeats off)')
   }

@@ -1,7 +1,7 @@
 /** The HTTP routes: `GET /ws-stats` and `POST /reconnect-token`, with their TypeBox schemas. */
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { TokenRequestForbiddenError, TooManyConnectionsError } from './errors.js'
+import { TokenRequestForbiddenError, TooManyTokenRequestsError } from './errors.js'
 import type { Stabilizer } from './stabilizer.js'
 
 const Counter = Type.Integer({ minimum: 0 })
@@ -76,6 +76,12 @@ export const TokenResponseSchema = Type.Object({
   expiresAt: Type.Integer({ description: 'ms since the epoch' })
 }, { $id: 'FastifyWebsocketStabilizerTokenResponse' })
 
+// What a refused token request is told: what proves the client id, and where the client gets it.
+const whereTheSecretIs = 'the server reads it from request.wsConnection.connectionSecret and hands it to the client over its socket; stabilizer.v1 clients get it as "secret" in the welcome frame (the client library needs no token request at all: its welcome carries a token)'
+const secretMissing = `send "connectionSecret", the secret of this client's open connection (${whereTheSecretIs})`
+const secretWrong = `"connectionSecret" is not the secret of an open connection of this client id (${whereTheSecretIs})`
+const forbiddenWithIdentify = 'the identify hook did not give this request the client id asked for (send the same credentials as for the websocket upgrade)'
+
 /**
  * `POST /reconnect-token`: a token only for a client id the caller holds — proved by the
  * app's identity hook (its identity for this HTTP request must be that client id) or, with no
@@ -86,7 +92,8 @@ export function registerReconnectTokenRoute (
   fastify: FastifyInstance,
   path: string,
   stabilizer: Stabilizer,
-  identify: ((request: FastifyRequest) => string | Promise<string>) | undefined
+  identify: ((request: FastifyRequest) => string | Promise<string>) | undefined,
+  requestsPerMinute: number
 ): void {
   fastify.post<{ Body: Static<typeof TokenRequestSchema> }>(path, {
     schema: {
@@ -97,12 +104,13 @@ export function registerReconnectTokenRoute (
     const { clientId, connectionSecret } = request.body
     const wait = stabilizer.tokens.takeRequest(clientId)
     if (wait > 0) {
-      return await reply.code(429).header('retry-after', wait).send(new TooManyConnectionsError(`Too many token requests for ${clientId}`))
+      return await reply.code(429).header('retry-after', wait).send(new TooManyTokenRequestsError(requestsPerMinute, wait))
     }
-    const authorized = identify !== undefined
-      ? await identify(request) === clientId
-      : connectionSecret !== undefined && stabilizer.holdsConnection(clientId, connectionSecret)
-    if (!authorized) throw new TokenRequestForbiddenError()
+    if (identify !== undefined) {
+      if (await identify(request) !== clientId) throw new TokenRequestForbiddenError(forbiddenWithIdentify)
+    } else if (connectionSecret === undefined || !stabilizer.holdsConnection(clientId, connectionSecret)) {
+      throw new TokenRequestForbiddenError(connectionSecret === undefined ? secretMissing : secretWrong)
+    }
     return stabilizer.issueToken(clientId)
   })
 }

@@ -1,33 +1,10 @@
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
-import { existsSync } from 'node:fs'
-import net from 'node:net'
-import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
-import { chromium, type Browser, type Page } from 'playwright-core'
+import { type Browser, type Page } from 'playwright-core'
+import { launchChromium, silenceableProxy, startServer, stopGracefully, until } from './fixtures/example-server.js'
 import { killProcess } from './fixtures/processes.js'
+import { requirePrerequisites } from './fixtures/requires.js'
 
 // The example's page, in headless Chromium, against the example app in its own process.
-const chromiumPath = '/usr/bin/chromium'
-const serverScript = fileURLToPath(new URL('./fixtures/browser-server.ts', import.meta.url))
-
-interface ServerProcess { child: ChildProcess, port: number, lines: AsyncIterator<string> }
-
-async function startServer (env: Record<string, string>): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', serverScript], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
-  const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
-  const first = await lines.next()
-  if (first.done === true) throw new Error('the server process exited before listening')
-  return { child, port: (JSON.parse(first.value as string) as { port: number }).port, lines }
-}
-
-async function stopGracefully (server: ServerProcess): Promise<number> {
-  server.child.kill('SIGTERM')
-  const line = await server.lines.next()
-  await once(server.child, 'close')
-  return (JSON.parse(line.value as string) as { sent: number }).sent
-}
 
 interface Tick { type: 'tick', run: string, n: number }
 interface PageEvent { type: string, code?: number, reason?: string, outcome?: string, stateRestored?: boolean, historyLost?: boolean, at: number }
@@ -35,20 +12,11 @@ interface PageEvent { type: string, code?: number, reason?: string, outcome?: st
 const ticksOf = async (page: Page): Promise<Tick[]> => (await page.evaluate('window.chatLog') as string[]).map((data) => JSON.parse(data) as Tick).filter((m) => m.type === 'tick')
 const eventsOf = async (page: Page): Promise<PageEvent[]> => await page.evaluate('window.chatEvents') as PageEvent[]
 
-async function until (condition: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const start = Date.now()
-  while (!await condition()) {
-    if (Date.now() - start > timeoutMs) throw new Error('timed out')
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-}
-
-if (!existsSync(chromiumPath)) {
-  t.fail(`${chromiumPath} is missing: apt-get install chromium (.ci/run does)`)
-} else {
+// Fails at once, saying how to install it, when Chromium does not run here.
+if (await requirePrerequisites(t, 'chromium') === false) {
   let browser: Browser
   t.before(async () => {
-    browser = await chromium.launch({ executablePath: chromiumPath, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] })
+    browser = await launchChromium()
   })
   t.teardown(async () => await browser.close())
 
@@ -99,30 +67,13 @@ if (!existsSync(chromiumPath)) {
     const timeout = 500
     const server = await startServer({ RUN: '1', HEARTBEAT_INTERVAL: String(interval), HEARTBEAT_TIMEOUT: String(timeout) })
     t.teardown(async () => await killProcess(server.child))
-    // A TCP proxy whose existing connections can be made to swallow everything, without a FIN.
-    const pairs: Array<{ silent: boolean }> = []
-    const sockets: net.Socket[] = []
-    const proxy = net.createServer((inbound) => {
-      const pair = { silent: false }
-      pairs.push(pair)
-      const outbound = net.connect(server.port, '127.0.0.1')
-      inbound.on('data', (chunk) => { if (!pair.silent) outbound.write(chunk) })
-      outbound.on('data', (chunk) => { if (!pair.silent) inbound.write(chunk) })
-      // A silent path forwards nothing, not even the end of the other side (the server gives up on its side).
-      inbound.on('error', () => {}).on('close', () => outbound.destroy())
-      outbound.on('error', () => {}).on('close', () => { if (!pair.silent) inbound.destroy() })
-      sockets.push(inbound)
-    })
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
-    t.teardown(() => {
-      for (const socket of sockets) socket.destroy()
-      proxy.close()
-    })
+    const proxy = await silenceableProxy(server.port)
+    t.teardown(proxy.close)
     const page = await browser.newPage()
-    await page.goto(`http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}/?id=cal`)
+    await page.goto(`http://127.0.0.1:${proxy.port}/?id=cal`)
     await until(async () => (await ticksOf(page)).length >= 10)
     const silencedAt = Date.now()
-    for (const pair of pairs) pair.silent = true
+    proxy.silence()
     await until(async () => (await eventsOf(page)).some((e) => e.type === 'close'))
     const close = (await eventsOf(page)).find((e) => e.type === 'close')!
     const detectedAfter = close.at - silencedAt

@@ -32,8 +32,9 @@ async function until (condition: () => boolean, ms: number): Promise<void> {
   }
 }
 
+// Never skipped: a machine that cannot make namespaces fails here, saying why and how to fix it.
 const unavailable = await namespacesUnavailable()
-if (unavailable !== false && process.env.CI !== undefined) throw new Error(`CI must run the fault tests: ${unavailable}`)
+if (unavailable !== false) t.fail(unavailable)
 
 const faults: Record<string, (pair: NamespacePair, clientProcess: ChildProcess) => Promise<void>> = {
   'the link goes down (ip link set … down)': async (pair) => { await pair.inClient('ip', 'link', 'set', pair.clientLink, 'down') },

@@ -51,3 +51,44 @@ void t.test('size and compression options cannot be given when the app registere
     await app.close()
   }
 })
+
+const explained: Array<[string, Record<string, unknown>, string]> = [
+  ['a union lists its values', { slowConsumerPolicy: 'kick' }, 'Invalid option "slowConsumerPolicy": must be one of \'disconnect\', \'drop\''],
+  ['a numeric union lists its values', { shutdownCloseCode: 1000 }, 'Invalid option "shutdownCloseCode": must be one of 1012, 1001'],
+  ['a path-or-false union says so', { statsRoute: 'stats' }, 'Invalid option "statsRoute": must be one of a path starting with /, false'],
+  ['a typo gets the nearest name', { maxConection: 10 }, 'Invalid option "maxConection": unknown option (did you mean "maxConnections"?)'],
+  ['a case slip gets the nearest name', { heartbeatinterval: 1000 }, 'Invalid option "heartbeatinterval": unknown option (did you mean "heartbeatInterval"?)'],
+  ['a swap of two letters gets the nearest name', { hearbteatTimeout: 1000 }, 'Invalid option "hearbteatTimeout": unknown option (did you mean "heartbeatTimeout"?)'],
+  ['a name far from every option gets no guess', { prefix: '/x' }, 'Invalid option "prefix": unknown option'],
+  ['a 1 ms heartbeat is refused', { heartbeatInterval: 1 }, 'Invalid option "heartbeatInterval": 1 ms is below the minimum of 100 ms (or 0)'],
+  ['a 49 ms heartbeat timeout is refused', { heartbeatTimeout: 49 }, 'Invalid option "heartbeatTimeout": 49 ms is below the minimum of 50 ms (or 0)'],
+  ['a 50 ms close timeout is refused', { closeTimeout: 50 }, 'Invalid option "closeTimeout": 50 ms is below the minimum of 100 ms']
+]
+
+for (const [name, options, message] of explained) {
+  void t.test(`an invalid option says what would be valid: ${name}`, async (t) => {
+    t.throws(() => resolveOptions(options), { code: 'FST_WS_STABILIZER_INVALID_OPTION', message })
+  })
+}
+
+void t.test('the minimums of the times are accepted, and 0 where it has a meaning', async (t) => {
+  t.equal(resolveOptions({ heartbeatInterval: 100, heartbeatTimeout: 50, closeTimeout: 100 }).heartbeatInterval, 100)
+  t.equal(resolveOptions({ heartbeatInterval: 0 }).heartbeatInterval, 0, 'heartbeats off')
+  t.equal(resolveOptions({ heartbeatTimeout: 0 }).heartbeatTimeout, 0, 'keepalive only')
+})
+
+void t.test('a second registration fails with a code of its own, not Fastify\'s generic decorator error', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(stabilizer)
+  await t.rejects(async () => { await app.register(stabilizer) }, { code: 'FST_WS_STABILIZER_ALREADY_REGISTERED', message: /already registered on this instance/ })
+})
+
+void t.test('a child context cannot register it again either', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(stabilizer)
+  await t.rejects(async () => {
+    await app.register(async (child) => { await child.register(stabilizer) })
+  }, { code: 'FST_WS_STABILIZER_ALREADY_REGISTERED' })
+})

@@ -2,9 +2,10 @@ import t from 'tap'
 import { once } from 'node:events'
 import { buildChatApp } from '../example/app.js'
 import { listen, waitFor } from './fixtures/server.js'
-import { pythonWebsocketsMissing, startPythonClient } from './fixtures/python-peer.js'
+import { startPythonClient } from './fixtures/python-peer.js'
+import { requirePrerequisites } from './fixtures/requires.js'
 
-const missing = pythonWebsocketsMissing()
+const missing = await requirePrerequisites(t, 'python3-websockets')
 
 void t.test('a Python websockets client gets a broadcast and 1012 with its reason at shutdown', { skip: missing }, async (t) => {
   const app = await buildChatApp({}, { logger: false })

@@ -10,8 +10,9 @@ const root = fileURLToPath(new URL('..', import.meta.url))
 const serverScript = fileURLToPath(new URL('./fixtures/stabilized-server.ts', import.meta.url))
 const clientScript = fileURLToPath(new URL('./fixtures/client-process.mjs', import.meta.url))
 
+// Never skipped: a machine that cannot make namespaces fails here, saying why and how to fix it.
 const unavailable = await namespacesUnavailable()
-if (unavailable !== false && process.env.CI !== undefined) throw new Error(`CI must run the throttling test: ${unavailable}`)
+if (unavailable !== false) t.fail(unavailable)
 
 interface ServerEvent { event: string, cause?: string, port?: number }
 

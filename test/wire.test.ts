@@ -3,7 +3,8 @@ import { once } from 'node:events'
 import { createRequire } from 'node:module'
 import { idleTransport, plainFrameTransport, sendEmptyPing, takePongs, wholeFrame } from '../lib/wire.js'
 import { clientFrame, openRawPeer } from './fixtures/raw-peer.js'
-import { pythonWebsocketsMissing, startPythonClient } from './fixtures/python-peer.js'
+import { startPythonClient } from './fixtures/python-peer.js'
+import { requirePrerequisites } from './fixtures/requires.js'
 import { buildApp, listen, openClient, waitFor, withClients } from './fixtures/server.js'
 
 // Payload lengths around every boundary of the frame header (7-bit, 16-bit, 64-bit lengths).
@@ -91,7 +92,7 @@ void t.test('broadcasts of every header length reach a ws client intact, text an
   }
 })
 
-void t.test('broadcasts of every header length reach a Python websockets client intact', { skip: pythonWebsocketsMissing() }, async (t) => {
+void t.test('broadcasts of every header length reach a Python websockets client intact', { skip: await requirePrerequisites(t, 'python3-websockets') }, async (t) => {
   const app = await buildApp()
   t.teardown(async () => await app.close())
   const url = await listen(app)
