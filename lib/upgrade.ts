@@ -234,7 +234,7 @@ export function createRouteHook (
   log: FastifyBaseLogger
 ) {
   function onHandlerError (err: unknown, socket: WebSocket, request: FastifyRequest): void {
-    log.error({ err, clientId: request.wsConnection?.id, url: request.url }, 'websocket route handler failed')
+    log.error({ err, clientId: request.wsConnection?.id, route: request.routeOptions.url }, 'websocket route handler failed')
     const connection = request.wsConnection === null ? undefined : stabilizer.getConnection(request.wsConnection.id)
     if (connection !== undefined && connection === request.wsConnection) {
       stabilizer.closeConnection(connection as Parameters<Stabilizer['closeConnection']>[0], CloseCode.INTERNAL_ERROR, 'internal error', 'handler_error')
