@@ -55,6 +55,8 @@ export const TooManyConnectionsError = define('FST_WS_STABILIZER_TOO_MANY_CONNEC
 export const TokenRequestForbiddenError = define('FST_WS_STABILIZER_TOKEN_REQUEST_FORBIDDEN', 'Not allowed to obtain a reconnect token for this client', 403, undefined, Base)
 /** The identity hook returned something that cannot be a client id. */
 export const InvalidClientIdError = define('FST_WS_STABILIZER_INVALID_CLIENT_ID', 'Invalid client id: %s', 400, undefined, Base)
+/** `metrics` is on but prom-client (an optional peer dependency) cannot be loaded. */
+export const MetricsClientMissingError = define('FST_WS_STABILIZER_METRICS_CLIENT_MISSING', 'The metrics option needs prom-client: %s', 500, undefined, Base)
 
 // Each error class also names its instance type, as a class declaration would.
 /* eslint-disable @typescript-eslint/no-redeclare */
@@ -72,6 +74,7 @@ export type InvalidClientIdError = InstanceType<typeof InvalidClientIdError>
 export type OriginNotAllowedError = InstanceType<typeof OriginNotAllowedError>
 export type TooManyConnectionsError = InstanceType<typeof TooManyConnectionsError>
 export type TokenRequestForbiddenError = InstanceType<typeof TokenRequestForbiddenError>
+export type MetricsClientMissingError = InstanceType<typeof MetricsClientMissingError>
 /* eslint-enable @typescript-eslint/no-redeclare */
 
 /** Every error class of the catalog, by exported name (the README documents each code). */
@@ -89,5 +92,6 @@ export const errorCatalog = {
   InvalidClientIdError,
   OriginNotAllowedError,
   TooManyConnectionsError,
-  TokenRequestForbiddenError
+  TokenRequestForbiddenError,
+  MetricsClientMissingError
 } as const

@@ -10,6 +10,7 @@ import { registerReconnectTokenRoute, registerStatsRoute } from './routes.js'
 import { Stabilizer } from './stabilizer.js'
 import { selectProtocol } from './protocol.js'
 import { createAdmissionHook, createRouteHook, shieldFromForeignPreClose } from './upgrade.js'
+import { setupMetrics } from './metrics-route.js'
 import type { StabilizedConnection } from './connection.js'
 
 declare module 'fastify' {
@@ -47,6 +48,7 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
   }
   fastify.decorate('stabilizer', stabilizer)
   fastify.decorateRequest('wsConnection', null)
+  if (options.metrics !== false) stabilizer.metrics = await setupMetrics(fastify, options.metrics, stabilizer)
 
   const admit = createAdmissionHook(stabilizer, options)
   // Added before @fastify/websocket registers its own onRoute hook, so ours sees each

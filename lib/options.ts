@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyRequest, RouteShorthandOptions } from 'fastify'
 import { InvalidOptionError } from './errors.js'
 import type { StabilizedConnection } from './connection.js'
 import type { ReplayOutcome } from './replay.js'
@@ -8,6 +8,25 @@ import type { ReplayOutcome } from './replay.js'
 const Milliseconds = (description: string) => Type.Integer({ minimum: 0, description })
 const Count = (description: string) => Type.Integer({ minimum: 1, description })
 const RoutePath = Type.String({ pattern: '^/', minLength: 1 })
+const Buckets = (description: string) => Type.Array(Type.Number({ minimum: 0 }), { minItems: 1, maxItems: 64, description: `${description}: increasing upper bounds` })
+
+/** The `metrics` option when it is an object (`true` means all of its defaults). */
+export const MetricsOptionsSchema = Type.Object({
+  prefix: Type.Optional(Type.String({ pattern: '^([a-zA-Z_:][a-zA-Z0-9_:]*)?$', description: 'Prefix of every series name (letters, digits, _ and :, not starting with a digit).' })),
+  registry: Type.Optional(Type.Object({}, { description: 'A prom-client Registry to register the series in (default: one of this app\'s own).' })),
+  route: Type.Optional(Type.Union([
+    RoutePath,
+    Type.Literal(false),
+    Type.Object({ path: Type.Optional(RoutePath) }, { additionalProperties: true })
+  ], { description: 'Path of GET /metrics, false to serve none, or Fastify route options (onRequest, preHandler, config, logLevel…) with an optional `path`.' })),
+  buckets: Type.Optional(Type.Object({
+    heartbeatRtt: Type.Optional(Buckets('Heartbeat round-trip seconds')),
+    connectionDuration: Type.Optional(Buckets('Connection lifetime seconds')),
+    broadcastDuration: Type.Optional(Buckets('Broadcast seconds')),
+    adapterPublish: Type.Optional(Buckets('Adapter publish seconds'))
+  }, { additionalProperties: false, description: 'Histogram bucket bounds, by histogram.' })),
+  groups: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 100, description: 'Group names whose member count is exported with a `group` label; no other group name ever becomes a label.' }))
+}, { additionalProperties: false })
 
 /**
  * The options schema: flat, camelCase, times in milliseconds. Every key is validated at
@@ -58,6 +77,7 @@ export const OptionsSchema = Type.Object({
   onDisconnect: Type.Optional(Type.Function([Type.Any(), Type.Any(), Type.Any()], Type.Any(), { description: 'Called once when a connection has closed.' })),
   statsRoute: Type.Optional(Type.Union([RoutePath, Type.Literal(false)], { description: 'Path of the stats route, or false to not register it.' })),
   statsIncludeClientIds: Type.Optional(Type.Boolean({ description: 'List client ids in the stats route (they can be personal data).' })),
+  metrics: Type.Optional(Type.Union([Type.Boolean(), MetricsOptionsSchema], { description: 'Prometheus metrics (needs prom-client): true, or { prefix, registry, route, buckets, groups }.' })),
   logLevel: Type.Optional(Type.Union([
     Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'),
     Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')
@@ -85,7 +105,79 @@ export interface ResumeInfo {
   missed: number
 }
 
-export interface StabilizerOptions extends Omit<SchemaOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'customPing' | 'isCustomPong'> {
+/** The registry methods the stabilizer uses: any prom-client `Registry` has them. */
+export interface MetricsRegistry {
+  registerMetric: (metric: any) => void
+  getSingleMetric: (name: string) => unknown
+  removeSingleMetric: (name: string) => void
+  metrics: () => Promise<string>
+  readonly contentType: string
+}
+
+/** Fastify route options of `GET /metrics` (hooks to protect it, config, logLevel…), with its path. */
+export interface MetricsRouteOptions extends Omit<RouteShorthandOptions, 'websocket'> {
+  /** Default `/metrics`. */
+  path?: string
+}
+
+/** Histogram bucket upper bounds, in the histogram's unit (seconds). */
+export interface MetricsBuckets {
+  /** `heartbeat_rtt_seconds`. Default 0.1 ms … 10 s. */
+  heartbeatRtt: readonly number[]
+  /** `connection_duration_seconds`. Default 1 s … 1 day. */
+  connectionDuration: readonly number[]
+  /** `broadcast_duration_seconds`. Default 0.1 ms … 10 s. */
+  broadcastDuration: readonly number[]
+  /** `adapter_publish_duration_seconds`. Default 0.5 ms … 5 s. */
+  adapterPublish: readonly number[]
+}
+
+export interface MetricsOptions {
+  /** Prefix of every series name. Default `websocket_stabilizer_`. */
+  prefix?: string
+  /**
+   * The prom-client Registry the series are registered in. Default: a registry of this app's
+   * own (served by its `GET /metrics`); with fastify-metrics registered first, its registry.
+   */
+  registry?: MetricsRegistry
+  /**
+   * `GET /metrics`: its path, `false` for none, or route options (e.g. an `onRequest` hook
+   * that checks a bearer token). Default `/metrics`; none when fastify-metrics serves them.
+   */
+  route?: string | false | MetricsRouteOptions
+  /** Histogram buckets, by histogram (defaults in `metricsDefaults.buckets`). */
+  buckets?: Partial<MetricsBuckets>
+  /** Groups whose member count is exported with a `group` label (group names are otherwise never labels). Default none. */
+  groups?: readonly string[]
+}
+
+/** The `metrics` option once resolved; `route` is undefined when it was not given. */
+export interface ResolvedMetricsOptions {
+  prefix: string
+  registry: MetricsRegistry | undefined
+  route: string | false | MetricsRouteOptions | undefined
+  buckets: MetricsBuckets
+  groups: readonly string[]
+}
+
+/** Defaults of `metrics: true`. */
+export const metricsDefaults = {
+  prefix: 'websocket_stabilizer_',
+  route: '/metrics',
+  buckets: {
+    heartbeatRtt: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    connectionDuration: [1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400],
+    broadcastDuration: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    adapterPublish: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+  } satisfies MetricsBuckets
+} as const
+
+export interface StabilizerOptions extends Omit<SchemaOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'customPing' | 'isCustomPong' | 'metrics'> {
+  /**
+   * Prometheus metrics (prom-client must be installed): `true`, or an object to set the
+   * prefix, registry, route, buckets and exported groups. Default `false`.
+   */
+  metrics?: boolean | MetricsOptions
   /** Called when a client came back with a reconnect token (after `onConnect`). Errors are logged. */
   onResume?: (connection: StabilizedConnection, info: ResumeInfo) => void | Promise<void>
   /** `heartbeatType: 'custom'`: the ping message. Default `{"type":"ping","ts":<Date.now()>}`. */
@@ -146,7 +238,8 @@ export const defaults = {
   shutdownRetryDelay: 250,
   shutdownRetrySpread: 2_750,
   statsRoute: '/ws-stats' as string | false,
-  statsIncludeClientIds: false
+  statsIncludeClientIds: false,
+  metrics: false as false | ResolvedMetricsOptions
 }
 
 export type ResolvedOptions = typeof defaults & Pick<StabilizerOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'logLevel' | 'allowedOrigins' | 'secrets'> & {
@@ -208,10 +301,39 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   if (given.slowConsumerPolicy !== undefined && resolved.maxBufferedAmount === 0) {
     throw new InvalidOptionError('slowConsumerPolicy', 'has no effect with maxBufferedAmount 0')
   }
+  if (given.metrics !== undefined) resolved.metrics = resolveMetricsOptions((options as StabilizerOptions).metrics ?? false)
   if (resolved.heartbeatType !== 'custom') {
     for (const name of ['customPing', 'isCustomPong'] as const) {
       if (given[name] !== undefined) throw new InvalidOptionError(name, 'only applies with heartbeatType: \'custom\'')
     }
   }
   return resolved
+}
+
+/** Fills in the defaults of `metrics` and checks what the schema cannot. */
+function resolveMetricsOptions (input: boolean | MetricsOptions): false | ResolvedMetricsOptions {
+  if (input === false) return false
+  const given = input === true ? {} : input
+  const buckets = { ...metricsDefaults.buckets, ...given.buckets }
+  for (const [name, bounds] of Object.entries(buckets)) {
+    if (!bounds.every((bound, index) => Number.isFinite(bound) && (index === 0 || bound > bounds[index - 1]))) {
+      throw new InvalidOptionError(`metrics.buckets.${name}`, 'bucket bounds must be finite and strictly increasing')
+    }
+  }
+  const { registry, route } = given
+  if (registry !== undefined && !isRegistry(registry)) {
+    throw new InvalidOptionError('metrics.registry', 'expected a prom-client Registry (registerMetric, getSingleMetric, removeSingleMetric, metrics)')
+  }
+  if (typeof route === 'object') {
+    for (const key of ['url', 'method', 'handler'] as const) {
+      if (key in route) throw new InvalidOptionError(`metrics.route.${key}`, 'the stabilizer sets it (GET, its own handler); give the path as `path`')
+    }
+  }
+  return { prefix: given.prefix ?? metricsDefaults.prefix, registry, route, buckets, groups: [...new Set(given.groups ?? [])] }
+}
+
+function isRegistry (value: object): value is MetricsRegistry {
+  const candidate = value as Partial<Record<keyof MetricsRegistry, unknown>>
+  return typeof candidate.registerMetric === 'function' && typeof candidate.getSingleMetric === 'function' &&
+    typeof candidate.removeSingleMetric === 'function' && typeof candidate.metrics === 'function'
 }

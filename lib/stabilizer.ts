@@ -31,6 +31,7 @@ import { Counters, mapToRecord, type RejectionReason } from './stats.js'
 import { ReplayLog } from './replay.js'
 import { messageFrame, parseClientFrame, pingFrame, subprotocol, type ResumeReport, type Welcome } from './protocol.js'
 import type { ReplayPlan } from './replay.js'
+import type { StabilizerMetrics } from './metrics.js'
 import type { ResumeInfo } from './options.js'
 
 /** What an upgrade that presented a reconnect token asks to resume. */
@@ -136,7 +137,7 @@ export class Stabilizer {
   // One set of socket listeners shared by every connection (no closure per socket).
   private readonly onSocketClose: (this: TrackedSocket, code: number, reason: Buffer) => void
   private readonly onSocketError: (this: TrackedSocket, err: Error) => void
-  private readonly onSocketMessage: (this: TrackedSocket) => void
+  private readonly onSocketMessage: (this: TrackedSocket, data: unknown) => void
   private readonly onSocketPong: (this: TrackedSocket) => void
   private readonly onSocketPing: (this: TrackedSocket) => void
   /** Takes custom pongs and over-the-rate messages out before any 'message' listener; undefined when neither applies. */
@@ -148,6 +149,8 @@ export class Stabilizer {
   private readonly heartbeat: HeartbeatScheduler | undefined
   /** The slow-consumer check every outbound message passes. */
   private readonly outboundGate: OutboundGate
+  /** @internal Per-event Prometheus metrics; undefined when `metrics` is off. */
+  metrics: StabilizerMetrics | undefined = undefined
 
   constructor (options: ResolvedOptions, log: FastifyBaseLogger) {
     this.options = options
@@ -168,7 +171,8 @@ export class Stabilizer {
         terminate: (connection) => {
           this.log.debug({ clientId: connection.id, lastRtt: connection.lastRtt, timeoutMs: heartbeatTimeout }, 'websocket heartbeat timeout')
           this.terminateConnection(connection, 'heartbeat_timeout')
-        }
+        },
+        measured: (rttMs) => this.metrics?.rtt(rttMs)
       })
     const heartbeat = this.heartbeat
     this.outboundGate = this.createOutboundGate()
@@ -186,9 +190,10 @@ export class Stabilizer {
         self.registry.deactivate(connection)
       }
     }
-    this.onSocketMessage = function () {
+    this.onSocketMessage = function (data) {
       const connection = this[kConnection]
       if (connection === undefined) return
+      self.metrics?.received(data)
       connection.lastActivityAt = Date.now()
       if (anyMessageIsAlive && heartbeat !== undefined) heartbeat.alive(connection, false)
     }
@@ -330,6 +335,7 @@ export class Stabilizer {
     return await new Promise<boolean>((resolve) => {
       const written = (err?: Error): void => resolve(err == null && !transportDestroyed(connection.socket))
       if (!writeTo(connection, outbound.frameFor(connection), written)) resolve(false)
+      else this.metrics?.sent(1, outbound.sizeFor(connection))
     })
   }
 
@@ -339,6 +345,7 @@ export class Stabilizer {
    * @throws BroadcastFailedError (as a rejection) when the message cannot be serialized.
    */
   async broadcast (message: OutboundMessage, options: BroadcastOptions = {}): Promise<BroadcastResult> {
+    const startedAt = performance.now()
     let encoded
     try {
       encoded = encodeMessage(message, true)
@@ -355,6 +362,7 @@ export class Stabilizer {
       ? { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0, queued: 0 }
       : await fanOut(recipients, outbound, excluded, this.options.maxConcurrentBroadcast, this.outboundGate, this.logMissed)
     result.queued = queued
+    this.metrics?.broadcast(group !== undefined, startedAt, result, encoded)
     return result
   }
 
@@ -567,6 +575,7 @@ export class Stabilizer {
       terminate: (connection) => this.terminateConnection(connection, 'shutdown')
     }).then((report) => {
       this.lifecycle = 'closed'
+      this.metrics?.shutdownFinished(report.durationMs)
       this.log.info({ report }, 'websocket shutdown complete')
       return report
     })
@@ -627,6 +636,7 @@ export class Stabilizer {
     this.log.debug({ clientId, replaced: replaced !== undefined }, 'websocket connected')
     this.heartbeat?.add(connection)
     const resumed = resumeRequest === undefined ? undefined : this.resume(connection, resumeRequest, replaced)
+    this.metrics?.resumed(resumed)
     if (connection.protocol) this.welcome(connection, resumed)
     if (this.lifecycle !== 'running') {
       // A shutdown began while this upgrade was in flight: it would never be drained.
@@ -686,6 +696,7 @@ export class Stabilizer {
     this.userDataTotal -= connection.userDataBytes
     connection.markClosed()
     this.counters.recordClose(code, cause)
+    this.metrics?.connectionClosed(connection.connectedAt)
     // A socket that ended without a close frame has no reason of its own: report the cause.
     const reason = reasonBuffer.length > 0 ? reasonBuffer.toString() : code === CloseCode.ABNORMAL ? cause : ''
     this.log.debug({ clientId: connection.id, code, cause, durationMs: Date.now() - connection.connectedAt }, 'websocket disconnected')
