@@ -1,4 +1,4 @@
-import { Type, type Static } from '@sinclair/typebox'
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import type { FastifyRequest, RouteShorthandOptions } from 'fastify'
 import { InvalidOptionError } from './errors.js'
@@ -271,14 +271,10 @@ export function defaultIsCustomPong (data: Buffer, isBinary: boolean): boolean {
  */
 export function resolveOptions (input: unknown): ResolvedOptions {
   const options = input ?? {}
-  const error = Value.Errors(OptionsSchema, options).First()
-  if (error !== undefined) {
-    const name = error.path.replace(/^\//, '').replace(/\//g, '.') || '(options)'
-    const detail = error.message === 'Unexpected property'
-      ? 'unknown option'
-      : `${error.message}${typeof error.schema.description === 'string' ? ` (${error.schema.description})` : ''}`
-    throw new InvalidOptionError(name, detail)
-  }
+  // An object `metrics` is checked on its own: a union's error would not say which key is wrong.
+  const metrics = (options as { metrics?: unknown }).metrics
+  if (typeof metrics === 'object' && metrics !== null) assertValid(MetricsOptionsSchema, metrics, 'metrics.')
+  assertValid(OptionsSchema, options, '')
   const given = Object.fromEntries(Object.entries(options as object).filter(([, value]) => value !== undefined)) as Partial<ResolvedOptions>
   const resolved = { ...defaults, customPing: defaultCustomPing, isCustomPong: defaultIsCustomPong, ...given } as ResolvedOptions
   if (resolved.heartbeatInterval === 0 && given.heartbeatTimeout !== undefined) {
@@ -308,6 +304,17 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     }
   }
   return resolved
+}
+
+/** @throws InvalidOptionError naming the first key of `value` that `schema` rejects. */
+function assertValid (schema: TSchema, value: unknown, prefix: string): void {
+  const error = Value.Errors(schema, value).First()
+  if (error === undefined) return
+  const name = prefix + error.path.replace(/^\//, '').replace(/\//g, '.') || '(options)'
+  const detail = error.message === 'Unexpected property'
+    ? 'unknown option'
+    : `${error.message}${typeof error.schema.description === 'string' ? ` (${error.schema.description})` : ''}`
+  throw new InvalidOptionError(name, detail)
 }
 
 /** Fills in the defaults of `metrics` and checks what the schema cannot. */
