@@ -128,8 +128,8 @@ export const stabilizer = fp(fastifyWebsocketStabilizer, {
 export default stabilizer
 
 export { Stabilizer, type BroadcastOptions, type MemoryUsage, type StabilizerStats, type HeartbeatStats, type RttPercentiles } from './stabilizer.js'
-export type { StabilizerOptions, ResumeInfo } from './options.js'
-export { defaults as optionDefaults, OptionsSchema } from './options.js'
+export type { StabilizerOptions, ResumeInfo, MetricsOptions, MetricsRouteOptions, MetricsBuckets, MetricsRegistry } from './options.js'
+export { defaults as optionDefaults, OptionsSchema, metricsDefaults } from './options.js'
 export type { StabilizedConnection, ConnectionState, DisconnectCause } from './connection.js'
 export type { BroadcastResult } from './fanout.js'
 export type { ShutdownReport, LifecycleState } from './shutdown.js'
