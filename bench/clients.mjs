@@ -4,6 +4,8 @@
 //   {"cmd":"report"}  latency of every broadcast received since the last report, per id
 //   {"cmd":"count"}   deliveries since the last report and the time of the last one
 //   {"cmd":"echo","sockets":N,"count":M}  round trips of M sequential echoes on N sockets
+//   {"cmd":"flood","sockets":N,"count":M,"window":W}  M echoes per socket on N sockets, W in
+//     flight per socket: the time until every echo came back (ws contenders only)
 // Latencies use process.hrtime (CLOCK_MONOTONIC, shared by all processes of the machine).
 import { createInterface } from 'node:readline'
 import { WebSocket } from 'ws'
@@ -61,11 +63,29 @@ for (let i = 0; i < count; i++) {
     socket.once('error', () => { if (socket.readyState !== WebSocket.OPEN) settle(false) })
     socket.on('message', (data) => {
       const text = data.toString()
-      if (text.startsWith('echo ')) echoWaiter?.(text)
-      else onBroadcast(text)
+      if (text.startsWith('echo ')) {
+        if (entry.onEcho !== null) entry.onEcho()
+        else echoWaiter?.(text)
+      } else onBroadcast(text)
     })
-    sockets.push({ send: (text) => socket.send(text), close: () => socket.terminate() })
+    const entry = { send: (text) => socket.send(text), close: () => socket.terminate(), onEcho: null }
+    sockets.push(entry)
   }
+}
+
+/** Echo throughput: every socket keeps `window` echoes in flight until `perSocket` came back. */
+async function flood (socketCount, perSocket, window) {
+  const started = performance.now()
+  await Promise.all(sockets.slice(0, socketCount).map((entry) => new Promise((resolve) => {
+    let sent = 0
+    let back = 0
+    const send = () => { sent++; entry.send(`echo ${sent}`) }
+    entry.onEcho = () => {
+      if (++back === perSocket) { entry.onEcho = null; resolve() } else if (sent < perSocket) send()
+    }
+    while (sent < Math.min(window, perSocket)) send()
+  })))
+  return { ms: performance.now() - started, echoes: socketCount * perSocket }
 }
 
 async function echo (socketCount, perSocket) {
@@ -93,6 +113,8 @@ createInterface({ input: process.stdin }).on('line', (line) => {
     print({ total, lastAt: String(lastAt) })
   } else if (command.cmd === 'echo') {
     echo(command.sockets, command.count).then(print)
+  } else if (command.cmd === 'flood') {
+    flood(command.sockets, command.count, command.window).then(print)
   }
 })
 process.stdin.on('end', () => {

@@ -29,17 +29,28 @@ function echo (socket: WebSocket): void {
   socket.on('message', (data, isBinary) => { socket.send(data, { binary: isBinary }) })
 }
 
-export async function startContender (name: ContenderName): Promise<Contender> {
-  if (name === 'stabilizer') {
+/**
+ * `stabilizer-metrics` (bench/metrics.ts only): the stabilizer with `metrics: true`, scraped
+ * once a second in-process (`inject`), fifteen times Prometheus' default rate.
+ */
+export type BenchServerName = ContenderName | 'stabilizer-metrics'
+
+export async function startContender (name: BenchServerName): Promise<Contender> {
+  if (name === 'stabilizer' || name === 'stabilizer-metrics') {
+    const metrics = name === 'stabilizer-metrics'
     const app = Fastify()
-    await app.register(stabilizer, { maxConnections: 100_000, statsRoute: false })
+    await app.register(stabilizer, { maxConnections: 100_000, statsRoute: false, metrics })
     app.get('/ws', { websocket: true }, echo)
     await app.listen({ port: 0, host })
+    const scraper = metrics ? setInterval(() => { void app.inject('/metrics') }, 1000).unref() : undefined
     return {
       port: (app.server.address() as { port: number }).port,
       connections: () => app.stabilizer.getConnectionCount(),
       broadcast: async (message) => await app.stabilizer.broadcast(message),
-      close: async () => { await app.close() }
+      close: async () => {
+        clearInterval(scraper)
+        await app.close()
+      }
     }
   }
   if (name === 'fastify-websocket') {

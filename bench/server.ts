@@ -4,9 +4,9 @@
 import { createInterface } from 'node:readline'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { setImmediate as nextTurn } from 'node:timers/promises'
-import { startContender, type ContenderName } from './contenders.js'
+import { startContender, type BenchServerName } from './contenders.js'
 
-const contender = await startContender(process.argv[2] as ContenderName)
+const contender = await startContender(process.argv[2] as BenchServerName)
 const reply = (value: Record<string, unknown>): void => { process.stdout.write(`${JSON.stringify(value)}\n`) }
 reply({ port: contender.port })
 

@@ -60,6 +60,8 @@ export const TooManyTokenRequestsError = define('FST_WS_STABILIZER_TOO_MANY_TOKE
 export const AlreadyRegisteredError = define('FST_WS_STABILIZER_ALREADY_REGISTERED', 'fastify-websocket-stabilizer is already registered on this instance: register it once, at the root (fastify-plugin shares it with every child context)', 500, undefined, Base)
 /** The identity hook returned something that cannot be a client id. */
 export const InvalidClientIdError = define('FST_WS_STABILIZER_INVALID_CLIENT_ID', 'Invalid client id: %s', 400, undefined, Base)
+/** `metrics` is on but prom-client (an optional peer dependency) cannot be loaded. */
+export const MetricsClientMissingError = define('FST_WS_STABILIZER_METRICS_CLIENT_MISSING', 'The metrics option needs prom-client: %s', 500, undefined, Base)
 
 // Each error class also names its instance type, as a class declaration would.
 /* eslint-disable @typescript-eslint/no-redeclare */
@@ -79,6 +81,7 @@ export type TooManyConnectionsError = InstanceType<typeof TooManyConnectionsErro
 export type TokenRequestForbiddenError = InstanceType<typeof TokenRequestForbiddenError>
 export type TooManyTokenRequestsError = InstanceType<typeof TooManyTokenRequestsError>
 export type AlreadyRegisteredError = InstanceType<typeof AlreadyRegisteredError>
+export type MetricsClientMissingError = InstanceType<typeof MetricsClientMissingError>
 /* eslint-enable @typescript-eslint/no-redeclare */
 
 /** Every error class of the catalog, by exported name (the README documents each code). */
@@ -98,5 +101,6 @@ export const errorCatalog = {
   TooManyConnectionsError,
   TokenRequestForbiddenError,
   TooManyTokenRequestsError,
-  AlreadyRegisteredError
+  AlreadyRegisteredError,
+  MetricsClientMissingError
 } as const

@@ -13,6 +13,8 @@ export interface HeartbeatHost {
   sendPing: (connection: Connection) => boolean
   /** Ends a connection that did not answer in time. */
   terminate: (connection: Connection) => void
+  /** A ping was answered after `rttMs` (metrics). */
+  measured?: (rttMs: number) => void
 }
 
 export interface HeartbeatSettings {
@@ -267,6 +269,7 @@ export class HeartbeatScheduler {
     this.counters.pongsReceived++
     const rtt = performance.now() - state.pingSentAt
     state.rttMs = rtt
+    this.host.measured?.(rtt)
     state.smoothedRttMs = Number.isNaN(state.smoothedRttMs) ? rtt : state.smoothedRttMs + rttAlpha * (rtt - state.smoothedRttMs)
   }
 

@@ -12,6 +12,7 @@ import { registerReconnectTokenRoute, registerStatsRoute } from './routes.js'
 import { Stabilizer } from './stabilizer.js'
 import { selectProtocol } from './protocol.js'
 import { createAdmissionHook, createRouteHook, shieldFromForeignPreClose } from './upgrade.js'
+import { setupMetrics } from './metrics-route.js'
 import type { StabilizedConnection } from './connection.js'
 
 declare module 'fastify' {
@@ -54,6 +55,7 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
   await stabilizer.start()
   fastify.decorate('stabilizer', stabilizer)
   fastify.decorateRequest('wsConnection', null)
+  if (options.metrics !== false) stabilizer.metrics = await setupMetrics(fastify, options.metrics, stabilizer)
 
   const admit = createAdmissionHook(stabilizer, options, log)
   // Added before @fastify/websocket registers its own onRoute hook, so ours sees each
@@ -135,8 +137,8 @@ export default stabilizer
 export { Stabilizer, type BroadcastOptions, type MemoryUsage, type StabilizerStats, type HeartbeatStats, type RttPercentiles, type ClusterStats } from './stabilizer.js'
 export { MemoryAdapter, MemoryHub, type MemoryAdapterOptions } from './adapter/memory.js'
 export * from './adapter/adapter.js'
-export type { StabilizerOptions, ResumeInfo } from './options.js'
-export { defaults as optionDefaults, OptionsSchema } from './options.js'
+export type { StabilizerOptions, ResumeInfo, MetricsOptions, MetricsRouteOptions, MetricsBuckets, MetricsRegistry } from './options.js'
+export { defaults as optionDefaults, OptionsSchema, metricsDefaults } from './options.js'
 export type { StabilizedConnection, ConnectionState, DisconnectCause } from './connection.js'
 export type { BroadcastResult } from './fanout.js'
 export type { ShutdownReport, LifecycleState } from './shutdown.js'

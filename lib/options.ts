@@ -1,7 +1,7 @@
 /** The options: their TypeBox schema, defaults and the checks that fail `register` with a coded error. */
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyRequest, RouteShorthandOptions } from 'fastify'
 import { InvalidOptionError } from './errors.js'
 import { allowedValues, belowMinimum, nearestName } from './option-messages.js'
 import type { StabilizedConnection } from './connection.js'
@@ -11,6 +11,25 @@ import type { StabilizerAdapter } from './adapter/adapter.js'
 const Milliseconds = (description: string) => Type.Integer({ minimum: 0, description })
 const Count = (description: string) => Type.Integer({ minimum: 1, description })
 const RoutePath = Type.String({ pattern: '^/', minLength: 1 })
+const Buckets = (description: string) => Type.Array(Type.Number({ minimum: 0 }), { minItems: 1, maxItems: 64, description: `${description}: increasing upper bounds` })
+
+/** The `metrics` option when it is an object (`true` means all of its defaults). */
+export const MetricsOptionsSchema = Type.Object({
+  prefix: Type.Optional(Type.String({ pattern: '^([a-zA-Z_:][a-zA-Z0-9_:]*)?$', description: 'Prefix of every series name (letters, digits, _ and :, not starting with a digit).' })),
+  registry: Type.Optional(Type.Object({}, { description: 'A prom-client Registry to register the series in (default: one of this app\'s own).' })),
+  route: Type.Optional(Type.Union([
+    RoutePath,
+    Type.Literal(false),
+    Type.Object({ path: Type.Optional(RoutePath) }, { additionalProperties: true })
+  ], { description: 'Path of GET /metrics, false to serve none, or Fastify route options (onRequest, preHandler, config, logLevel…) with an optional `path`.' })),
+  buckets: Type.Optional(Type.Object({
+    heartbeatRtt: Type.Optional(Buckets('Heartbeat round-trip seconds')),
+    connectionDuration: Type.Optional(Buckets('Connection lifetime seconds')),
+    broadcastDuration: Type.Optional(Buckets('Broadcast seconds')),
+    adapterPublish: Type.Optional(Buckets('Adapter publish seconds'))
+  }, { additionalProperties: false, description: 'Histogram bucket bounds, by histogram.' })),
+  groups: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 100, description: 'Group names whose member count is exported with a `group` label; no other group name ever becomes a label.' }))
+}, { additionalProperties: false })
 
 /**
  * The options schema: flat, camelCase, times in milliseconds. Every key is validated at
@@ -62,6 +81,7 @@ export const OptionsSchema = Type.Object({
   statsRoute: Type.Optional(Type.Union([RoutePath, Type.Literal(false)], { description: 'Path of the stats route, or false to not register it.' })),
   statsIncludeClientIds: Type.Optional(Type.Boolean({ description: 'List client ids in the stats route (they can be personal data).' })),
   adapter: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'Where what other instances must see is kept: the in-process MemoryAdapter (default) or redisAdapter() from fastify-websocket-stabilizer/redis.' })),
+  metrics: Type.Optional(Type.Union([Type.Boolean(), MetricsOptionsSchema], { description: 'Prometheus metrics (needs prom-client): true, or { prefix, registry, route, buckets, groups }.' })),
   logLevel: Type.Optional(Type.Union([
     Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'),
     Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')
@@ -91,13 +111,85 @@ export interface ResumeInfo {
   historyLost: boolean
 }
 
-export interface StabilizerOptions extends Omit<SchemaOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'customPing' | 'isCustomPong' | 'adapter'> {
+/** The registry methods the stabilizer uses: any prom-client `Registry` has them. */
+export interface MetricsRegistry {
+  registerMetric: (metric: any) => void
+  getSingleMetric: (name: string) => unknown
+  removeSingleMetric: (name: string) => void
+  metrics: () => Promise<string>
+  readonly contentType: string
+}
+
+/** Fastify route options of `GET /metrics` (hooks to protect it, config, logLevel…), with its path. */
+export interface MetricsRouteOptions extends Omit<RouteShorthandOptions, 'websocket'> {
+  /** Default `/metrics`. */
+  path?: string
+}
+
+/** Histogram bucket upper bounds, in the histogram's unit (seconds). */
+export interface MetricsBuckets {
+  /** `heartbeat_rtt_seconds`. Default 0.1 ms … 10 s. */
+  heartbeatRtt: readonly number[]
+  /** `connection_duration_seconds`. Default 1 s … 1 day. */
+  connectionDuration: readonly number[]
+  /** `broadcast_duration_seconds`. Default 0.1 ms … 10 s. */
+  broadcastDuration: readonly number[]
+  /** `adapter_publish_duration_seconds`. Default 0.5 ms … 5 s. */
+  adapterPublish: readonly number[]
+}
+
+export interface MetricsOptions {
+  /** Prefix of every series name. Default `websocket_stabilizer_`. */
+  prefix?: string
+  /**
+   * The prom-client Registry the series are registered in. Default: a registry of this app's
+   * own (served by its `GET /metrics`); with fastify-metrics registered first, its registry.
+   */
+  registry?: MetricsRegistry
+  /**
+   * `GET /metrics`: its path, `false` for none, or route options (e.g. an `onRequest` hook
+   * that checks a bearer token). Default `/metrics`; none when fastify-metrics serves them.
+   */
+  route?: string | false | MetricsRouteOptions
+  /** Histogram buckets, by histogram (defaults in `metricsDefaults.buckets`). */
+  buckets?: Partial<MetricsBuckets>
+  /** Groups whose member count is exported with a `group` label (group names are otherwise never labels). Default none. */
+  groups?: readonly string[]
+}
+
+/** The `metrics` option once resolved; `route` is undefined when it was not given. */
+export interface ResolvedMetricsOptions {
+  prefix: string
+  registry: MetricsRegistry | undefined
+  route: string | false | MetricsRouteOptions | undefined
+  buckets: MetricsBuckets
+  groups: readonly string[]
+}
+
+/** Defaults of `metrics: true`. */
+export const metricsDefaults = {
+  prefix: 'websocket_stabilizer_',
+  route: '/metrics',
+  buckets: {
+    heartbeatRtt: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    connectionDuration: [1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400],
+    broadcastDuration: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    adapterPublish: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+  } satisfies MetricsBuckets
+} as const
+
+export interface StabilizerOptions extends Omit<SchemaOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'customPing' | 'isCustomPong' | 'metrics' | 'adapter'> {
   /**
    * Where what other instances must see is kept (broadcast streams and their logs, presence,
    * retained sessions, redeemed tokens). Default: a `MemoryAdapter` of this process. Use
    * `redisAdapter()` from `fastify-websocket-stabilizer/redis` to run several instances as one.
    */
   adapter?: StabilizerAdapter
+  /**
+   * Prometheus metrics (prom-client must be installed): `true`, or an object to set the
+   * prefix, registry, route, buckets and exported groups. Default `false`.
+   */
+  metrics?: boolean | MetricsOptions
   /** Called when a client came back with a reconnect token (after `onConnect`). Errors are logged. */
   onResume?: (connection: StabilizedConnection, info: ResumeInfo) => void | Promise<void>
   /** `heartbeatType: 'custom'`: the ping message. Default `{"type":"ping","ts":<Date.now()>}`. */
@@ -158,7 +250,8 @@ export const defaults = {
   shutdownRetryDelay: 250,
   shutdownRetrySpread: 2_750,
   statsRoute: '/ws-stats' as string | false,
-  statsIncludeClientIds: false
+  statsIncludeClientIds: false,
+  metrics: false as false | ResolvedMetricsOptions
 }
 
 export type ResolvedOptions = typeof defaults & Pick<StabilizerOptions, 'identify' | 'onConnect' | 'onDisconnect' | 'onResume' | 'logLevel' | 'allowedOrigins' | 'secrets' | 'adapter'> & {
@@ -195,16 +288,26 @@ function describeError (name: string, message: string, schema: TSchema): string 
   return `${message}${typeof schema.description === 'string' ? ` (${schema.description})` : ''}`
 }
 
+/** What an `adapter` option must implement (see lib/adapter/adapter.ts). */
+const adapterMethods = ['start', 'stop', 'publish', 'subscribe', 'unsubscribe', 'top', 'read', 'claim', 'release', 'locate', 'disconnect', 'cluster', 'saveSession', 'takeSession', 'dropSession', 'redeemToken'] as const
+
 /**
  * Validates `input` against the schema and fills in defaults.
  * @throws InvalidOptionError naming the first offending option.
  */
 export function resolveOptions (input: unknown): ResolvedOptions {
   const options = input ?? {}
+  // An object `metrics` is checked on its own: a union's error would not say which key is wrong.
+  const metrics = (options as { metrics?: unknown }).metrics
+  if (typeof metrics === 'object' && metrics !== null) assertValid(MetricsOptionsSchema, metrics, 'metrics.')
   const error = Value.Errors(OptionsSchema, options).First()
   if (error !== undefined) {
     const name = error.path.replace(/^\//, '').replace(/\//g, '.') || '(options)'
     throw new InvalidOptionError(name, describeError(name, error.message, error.schema))
+  }
+  const adapter = (options as { adapter?: Record<string, unknown> }).adapter
+  if (adapter !== undefined && !adapterMethods.every((method) => typeof adapter[method] === 'function')) {
+    throw new InvalidOptionError('adapter', `expected a StabilizerAdapter (a MemoryAdapter, or redisAdapter() from fastify-websocket-stabilizer/redis) with the methods ${adapterMethods.join(', ')}`)
   }
   const given = Object.fromEntries(Object.entries(options as object).filter(([, value]) => value !== undefined)) as Partial<ResolvedOptions>
   const resolved = { ...defaults, customPing: defaultCustomPing, isCustomPong: defaultIsCustomPong, ...given } as ResolvedOptions
@@ -232,10 +335,50 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   if (given.slowConsumerPolicy !== undefined && resolved.maxBufferedAmount === 0) {
     throw new InvalidOptionError('slowConsumerPolicy', 'has no effect with maxBufferedAmount 0')
   }
+  if (given.metrics !== undefined) resolved.metrics = resolveMetricsOptions((options as StabilizerOptions).metrics ?? false)
   if (resolved.heartbeatType !== 'custom') {
     for (const name of ['customPing', 'isCustomPong'] as const) {
       if (given[name] !== undefined) throw new InvalidOptionError(name, 'only applies with heartbeatType: \'custom\'')
     }
   }
   return resolved
+}
+
+/** @throws InvalidOptionError naming the first key of `value` that `schema` rejects. */
+function assertValid (schema: TSchema, value: unknown, prefix: string): void {
+  const error = Value.Errors(schema, value).First()
+  if (error === undefined) return
+  const name = prefix + error.path.replace(/^\//, '').replace(/\//g, '.') || '(options)'
+  const detail = error.message === 'Unexpected property'
+    ? 'unknown option'
+    : `${error.message}${typeof error.schema.description === 'string' ? ` (${error.schema.description})` : ''}`
+  throw new InvalidOptionError(name, detail)
+}
+
+/** Fills in the defaults of `metrics` and checks what the schema cannot. */
+function resolveMetricsOptions (input: boolean | MetricsOptions): false | ResolvedMetricsOptions {
+  if (input === false) return false
+  const given = input === true ? {} : input
+  const buckets = { ...metricsDefaults.buckets, ...given.buckets }
+  for (const [name, bounds] of Object.entries(buckets)) {
+    if (!bounds.every((bound, index) => Number.isFinite(bound) && (index === 0 || bound > bounds[index - 1]))) {
+      throw new InvalidOptionError(`metrics.buckets.${name}`, 'bucket bounds must be finite and strictly increasing')
+    }
+  }
+  const { registry, route } = given
+  if (registry !== undefined && !isRegistry(registry)) {
+    throw new InvalidOptionError('metrics.registry', 'expected a prom-client Registry (registerMetric, getSingleMetric, removeSingleMetric, metrics)')
+  }
+  if (typeof route === 'object') {
+    for (const key of ['url', 'method', 'handler'] as const) {
+      if (key in route) throw new InvalidOptionError(`metrics.route.${key}`, 'the stabilizer sets it (GET, its own handler); give the path as `path`')
+    }
+  }
+  return { prefix: given.prefix ?? metricsDefaults.prefix, registry, route, buckets, groups: [...new Set(given.groups ?? [])] }
+}
+
+function isRegistry (value: object): value is MetricsRegistry {
+  const candidate = value as Partial<Record<keyof MetricsRegistry, unknown>>
+  return typeof candidate.registerMetric === 'function' && typeof candidate.getSingleMetric === 'function' &&
+    typeof candidate.removeSingleMetric === 'function' && typeof candidate.metrics === 'function'
 }

@@ -17,6 +17,8 @@ type TrackedSocket = WebSocket & { [kConnection]?: Connection }
 
 /** What the binding hands back to the stabilizer. */
 export interface BindingHost {
+  /** Per-message metrics, when on. */
+  readonly metrics: { received: (data: unknown) => void } | undefined
   /** The socket emitted 'close'. */
   closed: (connection: Connection, code: number, reason: Buffer) => void
   /** ws raised a protocol error and is closing the socket with `code`. */
@@ -37,7 +39,7 @@ export function isBound (socket: WebSocket): boolean {
 export class SocketBinding {
   private readonly onClose: (this: TrackedSocket, code: number, reason: Buffer) => void
   private readonly onError: (this: TrackedSocket, err: Error) => void
-  private readonly onMessage: (this: TrackedSocket) => void
+  private readonly onMessage: (this: TrackedSocket, data: unknown) => void
   private readonly onPong: (this: TrackedSocket) => void
   private readonly onPing: (this: TrackedSocket) => void
   /** Takes custom pongs and over-the-rate messages out before any 'message' listener; undefined when neither applies. */
@@ -60,9 +62,10 @@ export class SocketBinding {
       const code = protocolErrorCloseCode(err)
       if (connection !== undefined && connection.state === 'open' && code !== undefined) host.protocolError(connection, code)
     }
-    this.onMessage = function () {
+    this.onMessage = function (data) {
       const connection = this[kConnection]
       if (connection === undefined) return
+      host.metrics?.received(data)
       connection.lastActivityAt = Date.now()
       if (anyMessageIsAlive && heartbeat !== undefined) heartbeat.alive(connection, false)
     }

@@ -28,6 +28,7 @@ import { isBound, SocketBinding } from './socket-binding.js'
 import { Counters, mapToRecord, rttPercentiles, type MemoryUsage, type RejectionReason, type StabilizerStats } from './stats.js'
 import { ReconnectTokens, type TokenClaims } from './tokens.js'
 import { UserData } from './user-data.js'
+import type { StabilizerMetrics } from './metrics.js'
 import { sendEmptyPing, transportDestroyed } from './wire.js'
 
 export type { MemoryUsage, StabilizerStats, HeartbeatStats, RttPercentiles, ProtectionStats, ClusterStats } from './stats.js'
@@ -69,6 +70,8 @@ export class Stabilizer {
   /** Messages this instance is publishing, by payload: their delivery reuses what was encoded. */
   private readonly publishing = new WeakMap<Buffer, Outbound>()
   private started: Promise<void> | undefined = undefined
+  /** @internal Per-event Prometheus metrics; undefined when `metrics` is off. */
+  metrics: StabilizerMetrics | undefined = undefined
 
   constructor (private readonly options: ResolvedOptions, private readonly log: FastifyBaseLogger) {
     this.adapter = options.adapter ?? new MemoryAdapter()
@@ -87,10 +90,13 @@ export class Stabilizer {
           const connection = beating as Connection
           this.log.debug({ clientId: connection.id, lastRtt: connection.lastRtt, timeoutMs: options.heartbeatTimeout }, 'websocket heartbeat timeout')
           this.terminateConnection(connection, 'heartbeat_timeout')
-        }
+        },
+        measured: (rttMs) => this.metrics?.rtt(rttMs)
       })
     this.outboundGate = this.createOutboundGate()
+    const self = this
     this.binding = new SocketBinding(options, this.heartbeat, {
+      get metrics () { return self.metrics },
       closed: (connection, code, reason) => this.closed(connection, code, reason),
       protocolError: (connection, code) => {
         connection.markClosing(code === CloseCode.MESSAGE_TOO_BIG ? 'message_too_big' : 'protocol_error', code)
@@ -130,6 +136,7 @@ export class Stabilizer {
         },
         disconnect: (clientId, code, reason) => { void this.disconnect(clientId, code, reason) },
         connectivity: (connected) => {
+          this.metrics?.adapterConnectivity(connected)
           if (connected) this.log.info('websocket adapter connected')
           else this.log.warn('websocket adapter lost its shared store: messages to other instances wait or fail until it is back')
         }
@@ -220,6 +227,7 @@ export class Stabilizer {
    * @throws BroadcastFailedError (as a rejection) when the message cannot be serialized.
    */
   async broadcast (message: OutboundMessage, options: BroadcastOptions = {}): Promise<BroadcastResult> {
+    const startedAt = performance.now()
     let outbound
     try {
       outbound = Outbound.of(encodeMessage(message, true))
@@ -232,12 +240,17 @@ export class Stabilizer {
     try {
       const { local } = await this.publish(stream, outbound, excluded)
       const counts = local === undefined ? { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0 } : await (local as ReturnType<typeof fanOut>)
-      return { ...counts, published: true }
+      return this.broadcastDone(group, startedAt, { ...counts, published: true }, outbound)
     } catch (err) {
       // The shared store is unreachable: local clients still get it, without a position.
       this.log.warn({ err, stream }, 'websocket broadcast not published; delivered to local clients only')
-      return { ...await this.fanOutLocally(stream, outbound, excluded), published: false }
+      return this.broadcastDone(group, startedAt, { ...await this.fanOutLocally(stream, outbound, excluded), published: false }, outbound)
     }
+  }
+
+  private broadcastDone (group: string | undefined, startedAt: number, result: BroadcastResult, outbound: Outbound): BroadcastResult {
+    this.metrics?.broadcast(group !== undefined, startedAt, result, outbound.plain)
+    return result
   }
 
   /** Adds the client to `group`. @returns false if the client is not connected here or already a member. */
@@ -426,6 +439,7 @@ export class Stabilizer {
       terminate: (connection) => this.terminateConnection(connection, 'shutdown')
     }).then(async (report) => {
       this.lifecycle = 'closed'
+      this.metrics?.shutdownFinished(report.durationMs)
       await this.stopAdapter()
       this.log.info({ report }, 'websocket shutdown complete')
       return report
@@ -524,6 +538,7 @@ export class Stabilizer {
     this.userData.free(connection)
     connection.markClosed()
     this.counters.recordClose(code, cause)
+    this.metrics?.connectionClosed(connection.connectedAt)
     // A socket that ended without a close frame has no reason of its own: report the cause.
     const reason = reasonBuffer.length > 0 ? reasonBuffer.toString() : code === CloseCode.ABNORMAL ? cause : ''
     this.log.debug({ clientId: connection.id, code, cause, durationMs: Date.now() - connection.connectedAt }, 'websocket disconnected')
@@ -562,8 +577,14 @@ export class Stabilizer {
   private async publish (stream: string, outbound: Outbound, exclude: readonly string[] | undefined): ReturnType<StabilizerAdapter['publish']> {
     const message: StreamMessage = exclude === undefined ? { payload: outbound.payload, binary: outbound.binary } : { payload: outbound.payload, binary: outbound.binary, exclude }
     this.publishing.set(outbound.payload, outbound)
+    const startedAt = performance.now()
     try {
-      return await this.adapter.publish(stream, message)
+      const published = await this.adapter.publish(stream, message)
+      this.metrics?.adapterPublished(startedAt, false)
+      return published
+    } catch (err) {
+      this.metrics?.adapterPublished(startedAt, true)
+      throw err
     } finally {
       this.publishing.delete(outbound.payload)
     }
@@ -595,6 +616,7 @@ export class Stabilizer {
     return await new Promise<boolean>((resolve) => {
       const written = (err?: Error): void => resolve(err == null && !transportDestroyed(connection.socket))
       if (!writeTo(connection, outbound.frameFor(connection), written)) resolve(false)
+      else this.metrics?.sent(1, outbound.sizeFor(connection))
     })
   }
 
@@ -631,6 +653,7 @@ export class Stabilizer {
   }
 
   private resumed (connection: Connection, info: ResumeInfo): void {
+    this.metrics?.resumed({ outcome: info.replay, stateRestored: info.stateRestored, replayed: info.replayed, missed: info.missed })
     const { onResume } = this.options
     if (onResume !== undefined && this.lifecycle === 'running') this.runHook('onResume', () => onResume(connection, info))
   }

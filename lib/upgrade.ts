@@ -146,6 +146,7 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
       if (claims !== undefined && claims.cid !== clientId) throw new InvalidTokenError('it was issued for another client')
     } catch (err) {
       stabilizer.countRejection(isTokenError(err) ? 'token' : 'identity')
+      if (claims !== undefined || (offer?.token !== undefined && isTokenError(err))) stabilizer.metrics?.resumeRejected()
       if (offer?.inBand === true && isTokenError(err)) return refuseInBand(request, err)
       throw err
     }
@@ -162,6 +163,7 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     // Redeemed last, once everything else admitted the upgrade (a token is valid once).
     if (claims !== undefined && !await stabilizer.tokens.redeem(claims)) {
       stabilizer.countRejection('token')
+      stabilizer.metrics?.resumeRejected()
       const used = new InvalidTokenError('already used')
       if (offer?.inBand === true) return refuseInBand(request, used)
       throw used

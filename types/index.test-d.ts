@@ -1,5 +1,6 @@
 import Fastify, { type FastifyRequest } from 'fastify'
 import { expectAssignable, expectError, expectType } from 'tsd'
+import { Registry } from 'prom-client'
 import stabilizer, {
   CloseCode,
   ConnectionLimitExceededError,
@@ -35,6 +36,22 @@ expectError(app.register(stabilizer, { maxConnections: '10' }))
 expectError(app.register(stabilizer, { shutdownCloseCode: 1000 }))
 expectError(app.register(stabilizer, { statsRoute: true }))
 expectError(app.register(stabilizer, { identify: 'clientId' }))
+
+// metrics: true, or its object; a prom-client Registry fits `registry`; route options take Fastify hooks.
+void app.register(stabilizer, { metrics: true })
+void app.register(stabilizer, {
+  metrics: {
+    prefix: 'chat_',
+    route: { path: '/internal/metrics', onRequest: async (request, reply) => { if (request.headers.authorization === undefined) await reply.code(401).send() } },
+    buckets: { heartbeatRtt: [0.001, 0.01, 0.1] },
+    groups: ['lobby']
+  }
+})
+void app.register(stabilizer, { metrics: { registry: new Registry(), route: false } })
+expectError(app.register(stabilizer, { metrics: 'yes' }))
+expectError(app.register(stabilizer, { metrics: { prefix: 1 } }))
+expectError(app.register(stabilizer, { metrics: { route: true } }))
+expectError(app.register(stabilizer, { metrics: { buckets: { rtt: [1] } } }))
 expectError(app.register(stabilizer, { logLevel: 'loud' }))
 
 // The decorator and its methods.

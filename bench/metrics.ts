@@ -1,0 +1,139 @@
+/**
+ * What `metrics: true` costs: the stabilizer with metrics off and on (scraped once a second),
+ * side by side in one interleaved run (the two alternate within every round), reported as
+ * medians with ranges and as the on/off ratio from the same run (target ≥ 0.97× for
+ * throughputs). Servers and clients are separate processes on 127.0.0.1, spoken to over
+ * stdin/stdout only. Run: `npx tsx bench/metrics.ts [rounds=5] [connections=1000]`;
+ * `--quick` for a smoke run with tiny sizes (not a measurement).
+ */
+import os from 'node:os'
+import type { BenchServerName } from './contenders.js'
+import { spawnJson, type JsonProcess } from '../test/fixtures/json-process.js'
+
+const quick = process.argv.includes('--quick')
+const [roundsArg, connectionsArg] = process.argv.slice(2).filter((arg) => !arg.startsWith('--'))
+const rounds = quick ? 1 : Number(roundsArg ?? 5)
+const connections = quick ? 100 : Number(connectionsArg ?? 1000)
+const variants: readonly BenchServerName[] = ['stabilizer', 'stabilizer-metrics']
+const label: Record<string, string> = { stabilizer: 'metrics off', 'stabilizer-metrics': 'metrics on' }
+
+interface Stack { server: JsonProcess, clients: JsonProcess[] }
+
+async function startStack (variant: BenchServerName, count: number): Promise<Stack> {
+  const server = spawnJson(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/server.ts', variant])
+  const { port } = await server.next() as { port: number }
+  const clients: JsonProcess[] = []
+  const opens: Array<Promise<Record<string, unknown>>> = []
+  for (let left = count; left > 0; left -= 5_000) {
+    const client = spawnJson(process.execPath, ['bench/clients.mjs', 'stabilizer', `ws://127.0.0.1:${port}/ws`, String(Math.min(5_000, left))])
+    clients.push(client)
+    opens.push(client.next())
+  }
+  const opened = await Promise.all(opens)
+  const failures = opened.reduce((sum, o) => sum + (o.failures as number), 0)
+  if (failures > 0) throw new Error(`${variant}: ${failures} handshakes failed`)
+  return { server, clients }
+}
+
+async function stopStack (stack: Stack): Promise<void> {
+  await Promise.all(stack.clients.map(async (client) => await client.stop()))
+  await stack.server.stop()
+}
+
+const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
+const median = (values: number[]): number => { const sorted = [...values].sort((a, b) => a - b); return sorted[Math.floor(sorted.length / 2)] }
+
+/** One measure of each variant per round, the order alternating between rounds. */
+async function interleaved (measure: (variant: BenchServerName) => Promise<Record<string, number>>): Promise<Map<BenchServerName, Array<Record<string, number>>>> {
+  const results = new Map<BenchServerName, Array<Record<string, number>>>(variants.map((name) => [name, []]))
+  for (let round = 0; round < rounds; round++) {
+    const order = round % 2 === 0 ? variants : [...variants].reverse()
+    for (const variant of order) results.get(variant)!.push(await measure(variant))
+  }
+  return results
+}
+
+function table (title: string, results: Map<BenchServerName, Array<Record<string, number>>>, metrics: Array<{ key: string, label: string, better: 'lower' | 'higher', digits: number }>): void {
+  console.log(`\n### ${title}\n`)
+  console.log(`| | ${metrics.map((m) => `${m.label} (${m.better} is better)`).join(' | ')} |`)
+  console.log(`| --- | ${metrics.map(() => '---').join(' | ')} |`)
+  for (const variant of variants) {
+    const cells = metrics.map((m) => {
+      const values = results.get(variant)!.map((r) => r[m.key])
+      const range = values.length > 1 ? ` (${Math.min(...values).toFixed(m.digits)}–${Math.max(...values).toFixed(m.digits)})` : ''
+      return `${median(values).toFixed(m.digits)}${range}`
+    })
+    console.log(`| ${label[variant]} | ${cells.join(' | ')} |`)
+  }
+  const ratios = metrics.map((m) => {
+    const on = median(results.get('stabilizer-metrics')!.map((r) => r[m.key]))
+    const off = median(results.get('stabilizer')!.map((r) => r[m.key]))
+    return off === 0 ? '—' : `${(on / off).toFixed(3)}×`
+  })
+  console.log(`| on / off | ${ratios.join(' | ')} |`)
+}
+
+async function fanOut (): Promise<void> {
+  const broadcasts = quick ? 20 : Math.round(1_000_000 / connections)
+  const results = await interleaved(async (variant) => {
+    const stack = await startStack(variant, connections)
+    await sleep(300)
+    await Promise.all(stack.clients.map(async (client) => await client.ask({ cmd: 'report' })))
+    const started = process.hrtime.bigint()
+    await stack.server.ask({ cmd: 'burst', count: broadcasts, size: 100, perTurn: 4 })
+    const expected = broadcasts * connections
+    let delivered = 0
+    let lastAt = 0n
+    for (let stable = 0, previous = -1; delivered < expected && stable < 20; await sleep(100)) {
+      const counts = await Promise.all(stack.clients.map(async (client) => await client.ask({ cmd: 'count' }) as { total: number, lastAt: string }))
+      delivered = counts.reduce((sum, c) => sum + c.total, 0)
+      lastAt = counts.reduce((max, c) => (BigInt(c.lastAt) > max ? BigInt(c.lastAt) : max), 0n)
+      stable = delivered === previous ? stable + 1 : 0
+      previous = delivered
+    }
+    await stopStack(stack)
+    return { perSecond: delivered / (Number(lastAt - started) / 1e9), delivered: delivered / expected * 100 }
+  })
+  table(`Sustained fan-out: ${broadcasts} broadcasts of 100 bytes to ${connections} clients, 4 started per loop turn`, results, [
+    { key: 'perSecond', label: 'deliveries/s', better: 'higher', digits: 0 },
+    { key: 'delivered', label: '% delivered', better: 'higher', digits: 1 }
+  ])
+}
+
+async function echoFlood (): Promise<void> {
+  const sockets = Math.min(100, connections)
+  const perSocket = quick ? 50 : 2_000
+  const results = await interleaved(async (variant) => {
+    const stack = await startStack(variant, connections)
+    await sleep(300)
+    await stack.clients[0].ask({ cmd: 'flood', sockets, count: 50, window: 10 }) // warm-up
+    const { ms, echoes } = await stack.clients[0].ask({ cmd: 'flood', sockets, count: perSocket, window: 10 }) as { ms: number, echoes: number }
+    await stopStack(stack)
+    return { perSecond: echoes / (ms / 1000) }
+  })
+  table(`Echo throughput: ${sockets} sockets × ${perSocket} echoes of ~10 bytes, 10 in flight per socket, ${connections} connected`, results, [
+    { key: 'perSecond', label: 'echoes/s', better: 'higher', digits: 0 }
+  ])
+}
+
+async function echoRoundTrip (): Promise<void> {
+  const results = await interleaved(async (variant) => {
+    const stack = await startStack(variant, connections)
+    await sleep(300)
+    const { p50, p99 } = await stack.clients[0].ask({ cmd: 'echo', sockets: 10, count: quick ? 10 : 200 }) as { p50: number, p99: number }
+    await stopStack(stack)
+    return { p50, p99 }
+  })
+  table(`Echo round trip with ${connections} connected (10 sockets × ${quick ? 10 : 200} sequential echoes)`, results, [
+    { key: 'p50', label: 'RTT p50 ms', better: 'lower', digits: 3 },
+    { key: 'p99', label: 'RTT p99 ms', better: 'lower', digits: 3 }
+  ])
+}
+
+const started = Date.now()
+console.log(`## Metrics on vs off${quick ? ' (quick smoke run: tiny sizes, not a measurement)' : ''}\n`)
+console.log(`Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}. ${rounds} interleaved round(s); cells are medians (min–max); "metrics on" is scraped once a second.`)
+await fanOut()
+await echoFlood()
+await echoRoundTrip()
+console.log(`\nTotal time: ${Math.round((Date.now() - started) / 1000)} s.`)

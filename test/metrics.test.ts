@@ -1,0 +1,290 @@
+import t from 'tap'
+import Fastify from 'fastify'
+import fastifyMetricsModule from 'fastify-metrics'
+import { Registry } from 'prom-client'
+import stabilizer, { type StabilizerOptions } from '../lib/index.js'
+import { closeCodeLabel } from '../lib/metrics.js'
+import { setupMetrics } from '../lib/metrics-route.js'
+import { resolveOptions, type ResolvedMetricsOptions } from '../lib/options.js'
+import { buildApp, closeOf, httpUrl, listen, openClient, refusal, waitFor } from './fixtures/server.js'
+import { openRawPeer } from './fixtures/raw-peer.js'
+import { promtool, scrape } from './fixtures/prometheus.js'
+
+const p = 'websocket_stabilizer_'
+// fastify-metrics is CommonJS with an `exports.default`: Node's ESM import sees the exports object.
+const fastifyMetrics = fastifyMetricsModule.default
+
+async function metricsApp (t: { teardown: (fn: () => unknown) => void }, options: StabilizerOptions) {
+  const app = await buildApp(options)
+  t.teardown(async () => await app.close())
+  const url = await listen(app)
+  return { app, url, metricsUrl: `${httpUrl(url)}/metrics` }
+}
+
+void t.test('metrics off (the default): no route, no recorder', async (t) => {
+  const { app, url } = await metricsApp(t, {})
+  t.equal(app.stabilizer.metrics, undefined)
+  t.equal((await fetch(`${httpUrl(url)}/metrics`)).status, 404)
+})
+
+void t.test('GET /metrics after real traffic: connections, messages, broadcasts, RTT, closes by code and cause, refusals', async (t) => {
+  const { app, url, metricsUrl } = await metricsApp(t, { metrics: true, heartbeatInterval: 100, maxConnections: 2 })
+  const ada = await openClient(`${url}/ws/ada`)
+  const bob = await openClient(`${url}/ws/bob`)
+  await waitFor(() => app.stabilizer.getConnectionCount() === 2)
+  t.equal((await refusal(`${url}/ws/cyd`)).statusCode, 503, 'a third client is refused at maxConnections')
+
+  for (let i = 0; i < 3; i++) ada.send('hello')
+  await waitFor(() => app.received.get('ada')?.length === 3)
+  app.stabilizer.join('bob', 'room')
+  let bobReceived = 0
+  bob.on('message', () => { bobReceived++ })
+  await app.stabilizer.broadcast('x'.repeat(10))
+  await app.stabilizer.broadcast('y'.repeat(10), { group: 'room' })
+  t.equal(await app.stabilizer.sendToClient('bob', 'zz'), true)
+  await waitFor(() => bobReceived === 3)
+  await waitFor(() => app.stabilizer.getStats().heartbeat.pongsReceived >= 4)
+
+  let s = await scrape(metricsUrl)
+  t.equal(s.value(`${p}connections`), 2)
+  t.equal(s.value(`${p}connections_opened_total`, { resumed: 'false' }), 2)
+  t.equal(s.value(`${p}upgrades_rejected_total`, { reason: 'connection_limit' }), 1)
+  t.equal(s.value(`${p}upgrades_rejected_total`, { reason: 'origin' }), 0, 'every reason has a series from the start')
+  t.equal(s.value(`${p}messages_received_total`), 3)
+  t.equal(s.value(`${p}received_bytes_total`), 15)
+  t.equal(s.value(`${p}messages_sent_total`), 2 + 1 + 1, 'two recipients, one group member, one direct send')
+  t.equal(s.value(`${p}sent_bytes_total`), 20 + 10 + 2)
+  t.equal(s.value(`${p}broadcast_duration_seconds_count`, { scope: 'all' }), 1)
+  t.equal(s.value(`${p}broadcast_duration_seconds_count`, { scope: 'group' }), 1)
+  t.equal(s.value(`${p}groups`), 1)
+  t.equal(s.value(`${p}group_memberships`), 1)
+  t.ok((s.value(`${p}heartbeat_rtt_seconds_count`) ?? 0) >= 4, 'RTT samples after heartbeats')
+  t.equal(s.value(`${p}heartbeat_rtt_seconds_count`), s.value(`${p}heartbeat_pongs_total`), 'one sample per measured pong')
+  t.ok((s.value(`${p}heartbeat_rtt_seconds_bucket`, { le: '+Inf' }) ?? 0) >= 4)
+  t.ok((s.value(`${p}heartbeat_pings_total`) ?? 0) >= 4)
+  t.equal(s.value(`${p}state`, { state: 'running' }), 1)
+  t.equal(s.value(`${p}build_info`, { version: '0.1.0' }), 1)
+  t.notOk(s.has(`${p}shutdown_duration_seconds`), 'no shutdown yet: no sample')
+  t.notOk(s.has(`${p}adapter_connected`), 'the in-process adapter has no store to reach')
+
+  const adaClosed = closeOf(ada)
+  ada.close(4100, 'bye')
+  await adaClosed
+  await app.stabilizer.disconnect('bob', 1000)
+  await waitFor(() => app.stabilizer.getConnectionCount() === 0)
+  s = await scrape(metricsUrl)
+  t.equal(s.value(`${p}connections`), 0)
+  t.equal(s.value(`${p}close_codes_total`, { code: '4000-4499' }), 1, 'an undocumented application code is bucketed by its range')
+  t.equal(s.value(`${p}close_codes_total`, { code: '1000' }), 1)
+  t.equal(s.value(`${p}close_codes_total`, { code: '4500' }), 0, 'documented codes have a series from the start')
+  t.equal(s.value(`${p}connections_closed_total`, { cause: 'client_closed' }), 1)
+  t.equal(s.value(`${p}connections_closed_total`, { cause: 'server_disconnect' }), 1)
+  t.equal(s.value(`${p}connections_closed_total`, { cause: 'heartbeat_timeout' }), 0)
+  t.equal(s.value(`${p}connection_duration_seconds_count`), 2)
+  t.equal(s.value(`${p}group_memberships`), 0)
+})
+
+void t.test('a slow consumer: drops by reason, buffered bytes and slow consumers now', async (t) => {
+  const cap = 64 * 1024
+  const { app, url, metricsUrl } = await metricsApp(t, { metrics: true, maxBufferedAmount: cap, slowConsumerPolicy: 'drop' })
+  const stalled = await openRawPeer(url, '/ws/stalled')
+  t.teardown(() => stalled.destroy())
+  stalled.socket.pause() // stops reading: the kernel buffers fill, then ws's
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  const chunk = Buffer.alloc(32 * 1024, 1)
+  let dropped = 0
+  for (let i = 0; i < 2000 && dropped < 3; i++) {
+    dropped += (await app.stabilizer.broadcast(chunk)).dropped
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.ok(dropped >= 3, `${dropped} broadcasts dropped for the stalled reader`)
+  const s = await scrape(metricsUrl)
+  t.equal(s.value(`${p}messages_dropped_total`, { reason: 'slow_consumer' }), app.stabilizer.getStats().protection.slowConsumerDrops)
+  t.equal(s.value(`${p}messages_dropped_total`, { reason: 'slow_consumer' }), dropped)
+  t.equal(s.value(`${p}messages_dropped_total`, { reason: 'rate_limit' }), 0)
+  t.equal(s.value(`${p}slow_consumers`), 1)
+  const buffered = app.stabilizer.getConnection('stalled')!.socket.bufferedAmount
+  t.ok(buffered > 0)
+  t.equal(s.value(`${p}send_buffer_bytes`), buffered)
+  t.equal(s.value(`${p}send_buffer_max_bytes`), buffered)
+})
+
+void t.test('inbound drops: over the rate limit and over maxMessageSize', async (t) => {
+  const { app, url, metricsUrl } = await metricsApp(t, { metrics: true, inboundMessageRate: 2, rateLimitPolicy: 'drop', maxMessageSize: 1024 })
+  const fast = await openClient(`${url}/ws/fast`)
+  for (let i = 0; i < 10; i++) fast.send('m')
+  await waitFor(() => app.stabilizer.getStats().protection.inboundDropped >= 1)
+  const big = await openClient(`${url}/ws/big`)
+  const closed = closeOf(big)
+  big.send(Buffer.alloc(2048))
+  t.equal((await closed).code, 1009)
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  const s = await scrape(metricsUrl)
+  const { inboundDropped } = app.stabilizer.getStats().protection
+  t.equal(s.value(`${p}messages_dropped_total`, { reason: 'rate_limit' }), inboundDropped)
+  t.equal(s.value(`${p}messages_received_total`), 10 - inboundDropped, 'a dropped message never reached the listeners')
+  t.equal(s.value(`${p}messages_dropped_total`, { reason: 'too_large' }), 1)
+  t.equal(s.value(`${p}close_codes_total`, { code: '1009' }), 1)
+  fast.terminate()
+})
+
+void t.test('resumes: by outcome, resumed connections, and a refused token', async (t) => {
+  const { app, url, metricsUrl } = await metricsApp(t, { metrics: true })
+  const first = await openClient(`${url}/ws/dana`)
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  app.stabilizer.setUserData('dana', 'cart', [1, 2])
+  const token = app.stabilizer.generateReconnectToken('dana')
+  first.terminate()
+  await waitFor(() => app.stabilizer.getConnectionCount() === 0 && app.stabilizer.getMemoryUsage().retainedSessions === 1)
+  let s = await scrape(metricsUrl)
+  t.equal(s.value(`${p}retained_sessions`), 1)
+  t.ok((s.value(`${p}retained_session_bytes`) ?? 0) > 0)
+
+  const second = await openClient(`${url}/ws/dana?token=${token}`)
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  t.equal((await refusal(`${url}/ws/dana?token=${token}`)).statusCode, 401, 'a token is valid once')
+  t.equal((await refusal(`${url}/ws/dana?token=garbage`)).statusCode, 401)
+  s = await scrape(metricsUrl)
+  t.equal(s.value(`${p}resumes_total`, { result: 'none', state_restored: 'true' }), 1, 'a plain client: state restored, no replay')
+  t.equal(s.value(`${p}resumes_total`, { result: 'rejected', state_restored: 'false' }), 2)
+  t.equal(s.value(`${p}resumes_total`, { result: 'full', state_restored: 'true' }), 0)
+  t.equal(s.value(`${p}connections_opened_total`, { resumed: 'true' }), 1)
+  t.equal(s.value(`${p}connections_opened_total`, { resumed: 'false' }), 1)
+  t.equal(s.value(`${p}retained_sessions`), 0)
+  t.ok((s.value(`${p}user_data_bytes`) ?? 0) > 0, 'the resumed session holds its user data again')
+  second.terminate()
+})
+
+void t.test('promtool check metrics finds nothing in a scrape after traffic that touched every series', async (t) => {
+  const { app, url, metricsUrl } = await metricsApp(t, { metrics: { groups: ['room'] }, heartbeatInterval: 100 })
+  const one = await openClient(`${url}/ws/one`)
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  app.stabilizer.join('one', 'room')
+  one.send('hi')
+  await app.stabilizer.broadcast('all')
+  await app.stabilizer.broadcast('room', { group: 'room' })
+  const token = app.stabilizer.generateReconnectToken('one')
+  one.terminate()
+  await waitFor(() => app.stabilizer.getConnectionCount() === 0)
+  const again = await openClient(`${url}/ws/one?token=${token}`)
+  await waitFor(() => app.stabilizer.getStats().heartbeat.pongsReceived >= 1)
+  const closed = closeOf(again)
+  await app.stabilizer.gracefulShutdown(1000)
+  await closed
+  const s = await scrape(metricsUrl)
+  t.equal(s.value(`${p}group_members`, { group: 'room' }), 0)
+  t.equal(s.value(`${p}state`, { state: 'closed' }), 1)
+  t.ok(s.has(`${p}shutdown_duration_seconds`), 'the drain has a duration now')
+  t.equal(s.value(`${p}close_codes_total`, { code: '1012' }), 1)
+  const check = promtool(['check', 'metrics'], s.text)
+  t.equal(check.status, 0, check.output)
+  t.equal(check.output.trim(), '', 'no lint finding')
+})
+
+void t.test('route options: a path, a hook that protects it, or no route with the series in a registry of the app\'s', async (t) => {
+  const registry = new Registry()
+  const { url } = await metricsApp(t, {
+    metrics: {
+      registry,
+      route: { path: '/internal/metrics', onRequest: async (request, reply) => { if (request.headers.authorization !== 'Bearer s3cret') await reply.code(401).send() } }
+    }
+  })
+  t.equal((await fetch(`${httpUrl(url)}/internal/metrics`)).status, 401)
+  const s = await scrape(`${httpUrl(url)}/internal/metrics`, { authorization: 'Bearer s3cret' })
+  t.equal(s.value(`${p}connections`), 0)
+  t.equal((await fetch(`${httpUrl(url)}/metrics`)).status, 404)
+  t.match(await registry.metrics(), `${p}connections 0`)
+
+  const quiet = await metricsApp(t, { metrics: { route: false, prefix: 'chat_' } })
+  t.equal((await fetch(`${httpUrl(quiet.url)}/metrics`)).status, 404, 'route: false serves nothing')
+  t.ok(quiet.app.stabilizer.metrics !== undefined, 'the series are kept all the same')
+})
+
+void t.test('two apps in one process: each its own registry; a shared registry fails clearly, and is free again once its app closed', async (t) => {
+  const a = await metricsApp(t, { metrics: true })
+  const b = await metricsApp(t, { metrics: true })
+  const client = await openClient(`${a.url}/ws/one`)
+  await waitFor(() => a.app.stabilizer.getConnectionCount() === 1)
+  t.equal((await scrape(a.metricsUrl)).value(`${p}connections`), 1)
+  t.equal((await scrape(b.metricsUrl)).value(`${p}connections`), 0)
+  client.terminate()
+
+  const registry = new Registry()
+  const first = await buildApp({ metrics: { registry } })
+  await t.rejects(buildApp({ metrics: { registry } }), { code: 'FST_WS_STABILIZER_INVALID_OPTION', message: /already has a metric named websocket_stabilizer_/ })
+  const other = await buildApp({ metrics: { registry, prefix: 'other_' } })
+  t.match(await registry.metrics(), 'other_connections 0', 'another prefix fits in the same registry')
+  await first.close()
+  const later = await buildApp({ metrics: { registry } })
+  t.match(await registry.metrics(), `${p}connections 0`)
+  await later.close()
+  await other.close()
+  t.equal(await registry.metrics(), '\n', 'closed apps leave nothing in the registry')
+})
+
+void t.test('with fastify-metrics registered first: one /metrics carries its series and ours', async (t) => {
+  const app = Fastify({ logger: false })
+  t.teardown(async () => await app.close())
+  await app.register(fastifyMetrics, { endpoint: '/metrics', clearRegisterOnInit: true })
+  await app.register(stabilizer, { metrics: true })
+  app.get('/ws/:clientId', { websocket: true }, () => {})
+  app.get('/hello', async () => 'hi')
+  const url = await listen(app)
+  await fetch(`${httpUrl(url)}/hello`)
+  const client = await openClient(`${url}/ws/one`)
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  const s = await scrape(`${httpUrl(url)}/metrics`)
+  t.ok(s.has('http_request_duration_seconds_count'), 'fastify-metrics\' own series')
+  t.ok(s.has('process_cpu_seconds_total'), 'its default metrics')
+  t.equal(s.value(`${p}connections`), 1, 'ours, on its route')
+  client.terminate()
+})
+
+void t.test('with fastify-metrics registered first, a registry or a route of ours is refused', async (t) => {
+  for (const metrics of [{ route: '/ws-metrics' }, { registry: new Registry() }]) {
+    const app = Fastify({ logger: false })
+    await app.register(fastifyMetrics, { endpoint: null, clearRegisterOnInit: true, defaultMetrics: { enabled: false }, routeMetrics: { enabled: false } })
+    await t.rejects(async () => { await app.register(stabilizer, { metrics }) }, { code: 'FST_WS_STABILIZER_INVALID_OPTION', message: /fastify-metrics was registered first/ })
+    await app.close().catch(() => {})
+  }
+})
+
+void t.test('prom-client missing: a coded error that says what to install', async (t) => {
+  const settings = resolveOptions({ metrics: true }).metrics as ResolvedMetricsOptions
+  const app = Fastify({ logger: false })
+  t.teardown(async () => await app.close())
+  await t.rejects(setupMetrics(app, settings, { getStats: () => { throw new Error('not reached') }, getActiveConnections: () => [], getConnection: () => undefined }, async () => {
+    throw new Error('Cannot find package \'prom-client\'')
+  }), { code: 'FST_WS_STABILIZER_METRICS_CLIENT_MISSING', message: /npm install prom-client/ })
+})
+
+void t.test('the metrics option is validated at register time', async (t) => {
+  const bad: Array<[unknown, RegExp]> = [
+    ['yes', /"metrics"/],
+    [{ prefix: '9lives' }, /"metrics\.prefix"/],
+    [{ prefix: 'my-app_' }, /"metrics\.prefix"/],
+    [{ route: 'metrics' }, /"metrics\.route"/],
+    [{ route: { url: '/m' } }, /"metrics\.route\.url"/],
+    [{ buckets: { heartbeatRtt: [0.1, 0.01] } }, /"metrics\.buckets\.heartbeatRtt".*increasing/],
+    [{ buckets: { heartbeatRtt: [] } }, /"metrics\.buckets\.heartbeatRtt"/],
+    [{ buckets: { rtt: [1] } }, /"metrics\.buckets\.rtt": unknown option/],
+    [{ registry: {} }, /"metrics\.registry".*prom-client Registry/],
+    [{ histogram: true }, /"metrics\.histogram": unknown option/]
+  ]
+  for (const [metrics, message] of bad) {
+    t.throws(() => resolveOptions({ metrics }), { code: 'FST_WS_STABILIZER_INVALID_OPTION', message }, JSON.stringify(metrics))
+  }
+  t.equal(resolveOptions({}).metrics, false)
+  t.match(resolveOptions({ metrics: true }).metrics, { prefix: p, route: undefined, groups: [] })
+  t.match(resolveOptions({ metrics: { buckets: { heartbeatRtt: [0.01, 0.1] } } }).metrics, { buckets: { heartbeatRtt: [0.01, 0.1], connectionDuration: [1, 5] } })
+})
+
+void t.test('close codes become bounded labels', async (t) => {
+  t.equal(closeCodeLabel(1000), '1000')
+  t.equal(closeCodeLabel(1005), '1005', 'standard codes as they are')
+  t.equal(closeCodeLabel(4002), '4002', 'documented application codes as they are')
+  t.equal(closeCodeLabel(4321), '4000-4499')
+  t.equal(closeCodeLabel(4777), '4500-4999')
+  t.equal(closeCodeLabel(3000), 'other')
+  t.equal(closeCodeLabel(1100), 'other')
+})
