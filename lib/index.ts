@@ -3,9 +3,9 @@
 // in the published declarations: users' websocket routes type-check with this import alone.
 /// <reference types="@fastify/websocket" preserve="true" />
 import websocket from '@fastify/websocket'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { AlreadyRegisteredError, InvalidOptionError } from './errors.js'
+import { AlreadyRegisteredError, ConnectionNotFoundError, InvalidOptionError } from './errors.js'
 import { createParamLengthCheck } from './param-length.js'
 import { resolveOptions, type StabilizerOptions } from './options.js'
 import { registerReconnectTokenRoute, registerStatsRoute } from './routes.js'
@@ -126,6 +126,17 @@ function fitShutdownInPluginTimeout (fastify: FastifyInstance, rawOptions: Stabi
     throw new InvalidOptionError('shutdownTimeout', `${rawOptions.shutdownTimeout} ms does not fit in Fastify's pluginTimeout (${pluginTimeout} ms) minus ${closeMarginMs} ms, and app.close() would fail with AVV_ERR_READY_TIMEOUT: raise pluginTimeout or lower shutdownTimeout`)
   }
   options.shutdownTimeout = Math.min(options.shutdownTimeout, limit)
+}
+
+/**
+ * The stabilized connection of a websocket route's request, typed as present: inside a
+ * `{ websocket: true }` handler the stabilizer has registered it before the handler runs.
+ * @throws ConnectionNotFoundError elsewhere (a plain HTTP request, a route opted out with
+ * `config: { stabilizer: false }`).
+ */
+export function stabilizedConnection (request: FastifyRequest): StabilizedConnection {
+  if (request.wsConnection === null) throw new ConnectionNotFoundError(`(request ${request.id} has no stabilized connection)`)
+  return request.wsConnection
 }
 
 export const stabilizer = fp(fastifyWebsocketStabilizer, {

@@ -213,3 +213,26 @@ void t.test('logs: connect and disconnect at debug with client id and code, neve
     t.notOk(lines.some((line) => JSON.stringify(line).includes('secret-payload')), 'no payload in the logs')
   }
 })
+
+void t.test('stabilizedConnection(request) is the route\'s connection, and throws where there is none', async (t) => {
+  const { stabilizedConnection } = await import('../lib/index.js')
+  const app = Fastify()
+  await app.register(stabilizer)
+  let seen: string | undefined
+  app.get('/ws/:clientId', { websocket: true }, (_socket, request) => { seen = stabilizedConnection(request).id })
+  app.get('/plain', async (request) => {
+    try {
+      stabilizedConnection(request)
+      return 'no throw'
+    } catch (err) {
+      return (err as { code: string }).code
+    }
+  })
+  t.teardown(() => app.close())
+  const url = await listen(app)
+  const ws = await openClient(`${url}/ws/zed`)
+  await waitFor(() => seen !== undefined)
+  t.equal(seen, 'zed')
+  t.equal((await app.inject('/plain')).body, 'FST_WS_STABILIZER_CONNECTION_NOT_FOUND')
+  ws.terminate()
+})

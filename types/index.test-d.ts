@@ -2,6 +2,7 @@ import Fastify, { type FastifyRequest } from 'fastify'
 import { expectAssignable, expectError, expectType } from 'tsd'
 import { Registry } from 'prom-client'
 import stabilizer, {
+  stabilizedConnection,
   CloseCode,
   ConnectionLimitExceededError,
   WebSocketStabilizerError,
@@ -73,6 +74,9 @@ expectError(app.stabilizer.reserveSlot)
 // Routes: the websocket handler gets the stabilized connection on the request.
 app.get('/ws/:clientId', { websocket: true, config: { stabilizer: true } }, (socket, request) => {
   expectType<StabilizedConnection | null>(request.wsConnection)
+  // The helper types it as present, without `!`.
+  expectType<StabilizedConnection>(stabilizedConnection(request))
+  expectType<string>(stabilizedConnection(request).connectionSecret)
   socket.send('typed')
 })
 app.get('/raw', { websocket: true, config: { stabilizer: false } }, (socket) => {
