@@ -6,7 +6,7 @@
 import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
-import { allStream, clientStream, groupStream, type StabilizerAdapter, type StreamEntry, type StreamMessage } from './adapter/adapter.js'
+import { allStream, clientStream, groupStream, type StabilizerAdapter } from './adapter/adapter.js'
 import { MemoryAdapter } from './adapter/memory.js'
 import { AdmissionGate, type AdmissionTicket, type PerIpAdmission } from './admission.js'
 import { CloseCode } from './close-codes.js'
@@ -15,7 +15,7 @@ import {
   BroadcastFailedError, ConnectionLimitExceededError, ConnectionNotFoundError, InvalidClientIdError,
   InvalidTokenError, ShutdownError, WebSocketStabilizerError
 } from './errors.js'
-import { fanOut, Outbound, writeTo, type BroadcastResult, type OutboundGate } from './fanout.js'
+import { fanOut, Outbound, writeTo, type BroadcastResult } from './fanout.js'
 import { HeartbeatScheduler } from './heartbeat.js'
 import { encodeMessage, type OutboundMessage } from './message.js'
 import type { ResolvedOptions, ResumeInfo } from './options.js'
@@ -28,8 +28,9 @@ import { isBound, SocketBinding } from './socket-binding.js'
 import { Counters, mapToRecord, rttPercentiles, type MemoryUsage, type RejectionReason, type StabilizerStats } from './stats.js'
 import { ReconnectTokens, type TokenClaims } from './tokens.js'
 import { UserData } from './user-data.js'
+import { Delivery } from './delivery.js'
 import type { StabilizerMetrics } from './metrics.js'
-import { sendEmptyPing, transportDestroyed } from './wire.js'
+import { sendEmptyPing } from './wire.js'
 
 export type { MemoryUsage, StabilizerStats, HeartbeatStats, RttPercentiles, ProtectionStats, ClusterStats } from './stats.js'
 export type { ResumeRequest } from './resume.js'
@@ -65,10 +66,7 @@ export class Stabilizer {
   private shutdownRun: Promise<ShutdownReport> | undefined
   /** Undefined when `heartbeatInterval` is 0. */
   private readonly heartbeat: HeartbeatScheduler | undefined
-  /** The slow-consumer check every outbound message passes. */
-  private readonly outboundGate: OutboundGate
-  /** Messages this instance is publishing, by payload: their delivery reuses what was encoded. */
-  private readonly publishing = new WeakMap<Buffer, Outbound>()
+  private readonly delivery: Delivery
   private started: Promise<void> | undefined = undefined
   /** @internal Per-event Prometheus metrics; undefined when `metrics` is off. */
   metrics: StabilizerMetrics | undefined = undefined
@@ -93,8 +91,11 @@ export class Stabilizer {
         },
         measured: (rttMs) => this.metrics?.rtt(rttMs)
       })
-    this.outboundGate = this.createOutboundGate()
     const self = this
+    this.delivery = new Delivery(this.adapter, this.registry, options, this.counters.protection, {
+      get metrics () { return self.metrics },
+      closeConnection: (connection, code, reason, cause) => this.closeConnection(connection, code, reason, cause)
+    }, log)
     this.binding = new SocketBinding(options, this.heartbeat, {
       get metrics () { return self.metrics },
       closed: (connection, code, reason) => this.closed(connection, code, reason),
@@ -113,7 +114,7 @@ export class Stabilizer {
     this.streams = new StreamStarter(this.adapter, replayLimit, {
       welcome: (connection, start) => this.welcome(connection, start),
       follow: (connection, stream, position) => { connection.socket.send(followFrame(stream, position.epoch, position.seq)) },
-      send: (connection, message) => { this.deliverOne(connection, message) }
+      send: (connection, message) => { this.delivery.deliverOne(connection, message) }
     }, log)
   }
 
@@ -129,7 +130,7 @@ export class Stabilizer {
       },
       connectionCount: () => this.registry.size,
       handlers: {
-        deliver: (entry) => this.deliverEntry(entry),
+        deliver: (entry) => this.delivery.deliverEntry(entry),
         replaced: (clientId) => {
           const connection = this.registry.get(clientId)
           if (connection !== undefined) this.closeConnection(connection, CloseCode.REPLACED, 'replaced by a newer connection', 'replaced')
@@ -209,14 +210,14 @@ export class Stabilizer {
     const outbound = Outbound.of(encodeMessage(message))
     const connection = this.registry.get(clientId)
     // A plain client connected here has no stream to replay from: written directly.
-    if (connection !== undefined && !connection.protocol) return await this.writeDirect(connection, outbound)
+    if (connection !== undefined && !connection.protocol) return await this.delivery.writeDirect(connection, outbound)
     if (connection === undefined && await this.adapter.locate(clientId) === undefined) return false
     try {
-      const { local } = await this.publish(clientStream(clientId), outbound, undefined)
+      const { local } = await this.delivery.publish(clientStream(clientId), outbound, undefined)
       return local === undefined ? true : await (local as Promise<boolean>)
     } catch (err) {
       this.log.warn({ err, clientId }, 'websocket direct message not published')
-      return connection === undefined ? false : await this.writeDirect(connection, outbound)
+      return connection === undefined ? false : await this.delivery.writeDirect(connection, outbound)
     }
   }
 
@@ -238,13 +239,13 @@ export class Stabilizer {
     const excluded = exclude === undefined ? undefined : typeof exclude === 'string' ? [exclude] : [...exclude]
     const stream = group === undefined ? allStream : groupStream(group)
     try {
-      const { local } = await this.publish(stream, outbound, excluded)
+      const { local } = await this.delivery.publish(stream, outbound, excluded)
       const counts = local === undefined ? { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0 } : await (local as ReturnType<typeof fanOut>)
       return this.broadcastDone(group, startedAt, { ...counts, published: true }, outbound)
     } catch (err) {
       // The shared store is unreachable: local clients still get it, without a position.
       this.log.warn({ err, stream }, 'websocket broadcast not published; delivered to local clients only')
-      return this.broadcastDone(group, startedAt, { ...await this.fanOutLocally(stream, outbound, excluded), published: false }, outbound)
+      return this.broadcastDone(group, startedAt, { ...await this.delivery.fanOutLocally(stream, outbound, excluded), published: false }, outbound)
     }
   }
 
@@ -573,58 +574,6 @@ export class Stabilizer {
     return true
   }
 
-  /** Publishes through the adapter; the local delivery of the entry reuses `outbound`. */
-  private async publish (stream: string, outbound: Outbound, exclude: readonly string[] | undefined): ReturnType<StabilizerAdapter['publish']> {
-    const message: StreamMessage = exclude === undefined ? { payload: outbound.payload, binary: outbound.binary } : { payload: outbound.payload, binary: outbound.binary, exclude }
-    this.publishing.set(outbound.payload, outbound)
-    const startedAt = performance.now()
-    try {
-      const published = await this.adapter.publish(stream, message)
-      this.metrics?.adapterPublished(startedAt, false)
-      return published
-    } catch (err) {
-      this.metrics?.adapterPublished(startedAt, true)
-      throw err
-    } finally {
-      this.publishing.delete(outbound.payload)
-    }
-  }
-
-  /** An entry of a stream this instance reads: delivered to its local recipients. */
-  private deliverEntry (entry: StreamEntry): Promise<unknown> | undefined {
-    let outbound = this.publishing.get(entry.payload)
-    if (outbound === undefined || outbound.position !== undefined) outbound = Outbound.fromEntry(entry)
-    else outbound.position = entry
-    if (entry.stream.startsWith('c:')) {
-      const connection = this.registry.get(entry.stream.slice(2))
-      // Not connected here (closing, or gone): the entry waits in its stream for a resume.
-      return connection === undefined ? undefined : this.writeDirect(connection, outbound)
-    }
-    return this.fanOutLocally(entry.stream, outbound, entry.exclude)
-  }
-
-  private async fanOutLocally (stream: string, outbound: Outbound, exclude: readonly string[] | undefined): ReturnType<typeof fanOut> {
-    const recipients = stream === allStream ? this.registry.connections() : this.registry.members(stream.slice(2))
-    if (recipients === undefined) return { total: 0, sent: 0, failed: 0, skipped: 0, dropped: 0 }
-    return await fanOut(recipients, outbound, exclude, this.options.maxConcurrentBroadcast, this.outboundGate)
-  }
-
-  /** One message to one local connection; resolves true once written. */
-  private async writeDirect (connection: Connection, outbound: Outbound): Promise<boolean> {
-    if (connection.catchUp?.holds(outbound) === true) return true
-    if (!this.outboundGate(connection, outbound.sizeFor(connection))) return false
-    return await new Promise<boolean>((resolve) => {
-      const written = (err?: Error): void => resolve(err == null && !transportDestroyed(connection.socket))
-      if (!writeTo(connection, outbound.frameFor(connection), written)) resolve(false)
-      else this.metrics?.sent(1, outbound.sizeFor(connection))
-    })
-  }
-
-  /** A held or replayed message, once the connection's streams are known. */
-  private deliverOne (connection: Connection, message: Outbound): void {
-    if (this.outboundGate(connection, message.sizeFor(connection))) writeTo(connection, message.frameFor(connection))
-  }
-
   /**
    * The first frame on a `stabilizer.v1` connection, followed by the replayed and held messages
    * in order. The replay goes out in one turn: it is bounded by the streams' logs.
@@ -674,29 +623,6 @@ export class Stabilizer {
       reply = JSON.stringify({ t: 'token', token: null, retryAfter: wait < 0 ? null : wait })
     }
     connection.socket.send(reply)
-  }
-
-  /**
-   * A connection may queue a message while its outbound buffer stays within
-   * `maxBufferedAmount` (a message is always allowed onto an empty buffer, so one larger than
-   * the cap still reaches a reader that keeps up). Past it: 'drop' counts and skips the
-   * message, 'disconnect' closes with 4002. The buffer is ws's `bufferedAmount`.
-   */
-  private createOutboundGate (): OutboundGate {
-    const { maxBufferedAmount, slowConsumerPolicy } = this.options
-    if (maxBufferedAmount === 0) return () => true
-    const protection = this.counters.protection
-    return (connection, bytes) => {
-      const buffered = connection.socket.bufferedAmount
-      if (buffered === 0 || buffered + bytes <= maxBufferedAmount) return true
-      protection.slowConsumerDrops++
-      connection.droppedMessages++
-      if (slowConsumerPolicy === 'disconnect' && this.closeConnection(connection, CloseCode.SLOW_CONSUMER, 'slow consumer', 'slow_consumer')) {
-        protection.slowConsumerDisconnects++
-        this.log.debug({ clientId: connection.id, bufferedBytes: buffered }, 'websocket slow consumer disconnected')
-      }
-      return false
-    }
   }
 
   /**
