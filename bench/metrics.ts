@@ -2,7 +2,8 @@
  * What `metrics: true` costs: the stabilizer with metrics off and on (scraped once a second),
  * side by side in one interleaved run (the two alternate within every round), reported as
  * medians with ranges and as the on/off ratio from the same run (target ≥ 0.97× for
- * throughputs). Servers and clients are separate processes on 127.0.0.1, spoken to over
+ * throughputs; the server's CPU time per delivery or echo is the figure the machine's load
+ * moves least). Servers and clients are separate processes on 127.0.0.1, spoken to over
  * stdin/stdout only. Run: `npx tsx bench/metrics.ts [rounds=5] [connections=1000]`;
  * `--quick` for a smoke run with tiny sizes (not a measurement).
  */
@@ -79,6 +80,7 @@ async function fanOut (): Promise<void> {
     const stack = await startStack(variant, connections)
     await sleep(300)
     await Promise.all(stack.clients.map(async (client) => await client.ask({ cmd: 'report' })))
+    const cpuBefore = await stack.server.ask({ cmd: 'cpu' }) as { cpuUs: number }
     const started = process.hrtime.bigint()
     await stack.server.ask({ cmd: 'burst', count: broadcasts, size: 100, perTurn: 4 })
     const expected = broadcasts * connections
@@ -91,11 +93,17 @@ async function fanOut (): Promise<void> {
       stable = delivered === previous ? stable + 1 : 0
       previous = delivered
     }
+    const cpuAfter = await stack.server.ask({ cmd: 'cpu' }) as { cpuUs: number }
     await stopStack(stack)
-    return { perSecond: delivered / (Number(lastAt - started) / 1e9), delivered: delivered / expected * 100 }
+    return {
+      perSecond: delivered / (Number(lastAt - started) / 1e9),
+      cpuNsPerDelivery: (cpuAfter.cpuUs - cpuBefore.cpuUs) * 1000 / delivered,
+      delivered: delivered / expected * 100
+    }
   })
   table(`Sustained fan-out: ${broadcasts} broadcasts of 100 bytes to ${connections} clients, 4 started per loop turn`, results, [
     { key: 'perSecond', label: 'deliveries/s', better: 'higher', digits: 0 },
+    { key: 'cpuNsPerDelivery', label: 'server CPU ns/delivery', better: 'lower', digits: 0 },
     { key: 'delivered', label: '% delivered', better: 'higher', digits: 1 }
   ])
 }
@@ -107,12 +115,15 @@ async function echoFlood (): Promise<void> {
     const stack = await startStack(variant, connections)
     await sleep(300)
     await stack.clients[0].ask({ cmd: 'flood', sockets, count: 50, window: 10 }) // warm-up
+    const cpuBefore = await stack.server.ask({ cmd: 'cpu' }) as { cpuUs: number }
     const { ms, echoes } = await stack.clients[0].ask({ cmd: 'flood', sockets, count: perSocket, window: 10 }) as { ms: number, echoes: number }
+    const cpuAfter = await stack.server.ask({ cmd: 'cpu' }) as { cpuUs: number }
     await stopStack(stack)
-    return { perSecond: echoes / (ms / 1000) }
+    return { perSecond: echoes / (ms / 1000), cpuNsPerEcho: (cpuAfter.cpuUs - cpuBefore.cpuUs) * 1000 / echoes }
   })
   table(`Echo throughput: ${sockets} sockets × ${perSocket} echoes of ~10 bytes, 10 in flight per socket, ${connections} connected`, results, [
-    { key: 'perSecond', label: 'echoes/s', better: 'higher', digits: 0 }
+    { key: 'perSecond', label: 'echoes/s', better: 'higher', digits: 0 },
+    { key: 'cpuNsPerEcho', label: 'server CPU ns/echo', better: 'lower', digits: 0 }
   ])
 }
 

@@ -31,6 +31,11 @@ async function run (command: Command): Promise<Record<string, unknown>> {
   switch (command.cmd) {
     case 'connections':
       return { connections: contender.connections() }
+    case 'cpu': {
+      // The process's CPU time so far, all threads, in µs: deltas of it count work, not waiting.
+      const { user, system } = process.cpuUsage()
+      return { cpuUs: user + system }
+    }
     case 'lagStart':
       lag.reset()
       lag.enable()

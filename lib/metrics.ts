@@ -306,7 +306,7 @@ export function registerSeries (client: PromClient, registry: MetricsRegistry, s
   counter('messages_received_total', 'Inbound application messages delivered to route listeners (heartbeats and protocol control frames excluded).', [], () => recorder.messagesReceived)
   counter('received_bytes_total', 'Payload bytes of inbound application messages (before WebSocket framing; after decompression).', [], () => recorder.bytesReceived)
   counter('messages_sent_total', 'Outbound messages handed to sockets by sendToClient and broadcast (heartbeats, welcomes and replays excluded).', [], () => recorder.messagesSent)
-  counter('sent_bytes_total', 'Bytes of outbound messages handed to sockets, before WebSocket framing and compression (stabilizer.v1 frames with their envelope).', [], () => recorder.bytesSent)
+  counter('sent_bytes_total', 'Payload bytes of outbound messages handed to sockets, before WebSocket framing and compression (a direct send to a stabilizer.v1 client counts its envelope too).', [], () => recorder.bytesSent)
 
   // Backpressure and limits
   counter('messages_dropped_total', 'Messages never delivered, by reason: slow_consumer (outbound buffer full), rate_limit (inbound over its rate), too_large (inbound over maxMessageSize), closed (recipient closing or closed; a stabilizer.v1 session may still get it on resume).', ['reason'], (s) => [

@@ -28,7 +28,7 @@ void t.test('metrics off (the default): no route, no recorder', async (t) => {
 })
 
 void t.test('GET /metrics after real traffic: connections, messages, broadcasts, RTT, closes by code and cause, refusals', async (t) => {
-  const { app, url, metricsUrl } = await metricsApp(t, { metrics: true, heartbeatInterval: 100, maxConnections: 2 })
+  const { app, url, metricsUrl } = await metricsApp(t, { metrics: { groups: ['room', 'quiet'] }, heartbeatInterval: 100, maxConnections: 2 })
   const ada = await openClient(`${url}/ws/ada`)
   const bob = await openClient(`${url}/ws/bob`)
   await waitFor(() => app.stabilizer.getConnectionCount() === 2)
@@ -58,6 +58,9 @@ void t.test('GET /metrics after real traffic: connections, messages, broadcasts,
   t.equal(s.value(`${p}broadcast_duration_seconds_count`, { scope: 'group' }), 1)
   t.equal(s.value(`${p}groups`), 1)
   t.equal(s.value(`${p}group_memberships`), 1)
+  t.equal(s.value(`${p}group_members`, { group: 'room' }), 1, 'a group named in the option')
+  t.equal(s.value(`${p}group_members`, { group: 'quiet' }), 0)
+  t.equal([...s.series.keys()].filter((key) => key.startsWith(`${p}group_members{`)).length, 2, 'no other group becomes a label')
   t.ok((s.value(`${p}heartbeat_rtt_seconds_count`) ?? 0) >= 4, 'RTT samples after heartbeats')
   t.equal(s.value(`${p}heartbeat_rtt_seconds_count`), s.value(`${p}heartbeat_pongs_total`), 'one sample per measured pong')
   t.ok((s.value(`${p}heartbeat_rtt_seconds_bucket`, { le: '+Inf' }) ?? 0) >= 4)
@@ -153,6 +156,21 @@ void t.test('resumes: by outcome, resumed connections, and a refused token', asy
   t.equal(s.value(`${p}retained_sessions`), 0)
   t.ok((s.value(`${p}user_data_bytes`) ?? 0) > 0, 'the resumed session holds its user data again')
   second.terminate()
+})
+
+void t.test('the adapter series, as a shared adapter reports them', async (t) => {
+  const { app, metricsUrl } = await metricsApp(t, { metrics: true })
+  const recorder = app.stabilizer.metrics!
+  recorder.adapterConnectivity(true)
+  recorder.adapterPublished(performance.now() - 2, false)
+  recorder.adapterPublished(performance.now(), true)
+  let s = await scrape(metricsUrl)
+  t.equal(s.value(`${p}adapter_connected`), 1)
+  t.equal(s.value(`${p}adapter_publish_duration_seconds_count`), 1, 'a successful publish is timed')
+  t.equal(s.value(`${p}adapter_publish_errors_total`), 1, 'a failed one is counted')
+  recorder.adapterConnectivity(false)
+  s = await scrape(metricsUrl)
+  t.equal(s.value(`${p}adapter_connected`), 0)
 })
 
 void t.test('promtool check metrics finds nothing in a scrape after traffic that touched every series', async (t) => {
