@@ -55,6 +55,8 @@ export const TooManyConnectionsError = define('FST_WS_STABILIZER_TOO_MANY_CONNEC
 export const TokenRequestForbiddenError = define('FST_WS_STABILIZER_TOKEN_REQUEST_FORBIDDEN', 'Not allowed to obtain a reconnect token for this client', 403, undefined, Base)
 /** The identity hook returned something that cannot be a client id. */
 export const InvalidClientIdError = define('FST_WS_STABILIZER_INVALID_CLIENT_ID', 'Invalid client id: %s', 400, undefined, Base)
+/** The adapter's shared store (Redis) could not be reached or did not answer in time. */
+export const AdapterUnavailableError = define('FST_WS_STABILIZER_ADAPTER_UNAVAILABLE', 'Shared store unavailable: %s', 503, undefined, Base)
 
 // Each error class also names its instance type, as a class declaration would.
 /* eslint-disable @typescript-eslint/no-redeclare */
@@ -72,6 +74,7 @@ export type InvalidClientIdError = InstanceType<typeof InvalidClientIdError>
 export type OriginNotAllowedError = InstanceType<typeof OriginNotAllowedError>
 export type TooManyConnectionsError = InstanceType<typeof TooManyConnectionsError>
 export type TokenRequestForbiddenError = InstanceType<typeof TokenRequestForbiddenError>
+export type AdapterUnavailableError = InstanceType<typeof AdapterUnavailableError>
 /* eslint-enable @typescript-eslint/no-redeclare */
 
 /** Every error class of the catalog, by exported name (the README documents each code). */
@@ -89,5 +92,6 @@ export const errorCatalog = {
   InvalidClientIdError,
   OriginNotAllowedError,
   TooManyConnectionsError,
-  TokenRequestForbiddenError
+  TokenRequestForbiddenError,
+  AdapterUnavailableError
 } as const
