@@ -111,7 +111,7 @@ export async function bounded<T> (client: RedisClient, ms: number, address: stri
     if (err instanceof AdapterUnavailableError) throw err
     const message = (err as Error).message ?? String(err)
     // A connection lost mid-call is the store being away, not a bug in the call.
-    if (/Connection is closed|Stream isn't writeable|MaxRetriesPerRequest|ECONNRE|EPIPE|ETIMEDOUT/.test(message)) {
+    if (/Connection is closed|Stream isn.t writeable|max retries per request|ECONNRE|EPIPE|ETIMEDOUT/i.test(message)) {
       throw new AdapterUnavailableError(`Redis at ${address}: ${message}`)
     }
     throw err

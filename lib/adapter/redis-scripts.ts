@@ -164,6 +164,20 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 `
 
+/**
+ * Keeps a held client's presence and session alive. KEYS: owner, session. ARGV: id,
+ * presenceTtl, retentionMs, whether a session was saved. The owner key is written again when
+ * it is missing (a Redis that restarted empty), never over another instance's claim. Returns
+ * 0 when another instance holds the client, 2 when its session is missing, else 1.
+ */
+export const refreshScript = `
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('PEXPIRE', KEYS[2], ARGV[3]) == 0 and ARGV[4] == '1' then return 2 end
+return 1
+`
+
 // A session is stored as `<length of sessionId>:<sessionId><record JSON>`, so the id is
 // compared without decoding the record.
 const sessionMatches = `

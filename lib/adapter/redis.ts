@@ -33,6 +33,7 @@ import {
   leaveScript,
   publishScript,
   readScript,
+  refreshScript,
   releaseScript,
   runScript,
   script,
@@ -80,6 +81,7 @@ const scripts = {
   heartbeat: script(heartbeatScript),
   leave: script(leaveScript),
   release: script(releaseScript),
+  refresh: script(refreshScript),
   takeSession: script(takeSessionScript),
   dropSession: script(dropSessionScript)
 }
@@ -137,8 +139,11 @@ class RedisAdapter implements StabilizerAdapter {
   #timers: NodeJS.Timeout[] = []
   #cluster: ClusterView | undefined
   #alive = new Set<string>()
-  /** Clients this instance holds (claimed, not released): their presence and sessions are kept alive. */
-  readonly #held = new Set<string>()
+  /**
+   * Clients this instance holds (claimed, not released), with their session as last saved:
+   * their presence and sessions are kept alive, and written again if Redis lost them.
+   */
+  readonly #held = new Map<string, string | undefined>()
   #lastErrors = new Map<RedisClient, Error>()
   #listeners: Array<[EventEmitter, string, Listener]> = []
   #connected = true
@@ -248,7 +253,7 @@ class RedisAdapter implements StabilizerAdapter {
     const conn = this.#connections!
     const instanceId = this.#ctx.instanceId
     const ms = this.#settings.commandTimeout
-    const held = [...this.#held]
+    const held = [...this.#held.keys()]
     this.#held.clear()
     // Best effort: what cannot be removed now expires by itself.
     await Promise.allSettled([
@@ -300,7 +305,11 @@ class RedisAdapter implements StabilizerAdapter {
         }
       })
     } else {
-      this.#on(client, 'ready', () => { this.#setConnected(this.#subscriberUp) })
+      this.#on(client, 'ready', () => {
+        if (this.#stopping !== undefined || this.#timers.length === 0) return
+        // Back from an outage: announce this instance and its clients at once (Redis may have restarted empty).
+        this.#heartbeat().then(async () => { await this.#refreshHeld() }).catch(() => {})
+      })
     }
   }
 
@@ -393,12 +402,13 @@ class RedisAdapter implements StabilizerAdapter {
   }
 
   async #refreshHeld (): Promise<void> {
-    const retention = this.#limits.retentionMs
-    await Promise.all([...this.#held].map(async (clientId) => {
-      await this.#call(async (client) => await Promise.all([
-        client.pexpire(this.#owner(clientId), presenceTtl),
-        client.pexpire(this.#session(clientId), retention)
-      ]))
+    const { instanceId, limits } = this.#ctx
+    await Promise.all([...this.#held].map(async ([clientId, saved]) => {
+      const keys = [this.#owner(clientId), this.#session(clientId)]
+      const state = await this.#script(scripts.refresh, keys, [instanceId, presenceTtl, limits.retentionMs, saved === undefined ? '0' : '1'])
+      if (Number(state) === 2 && saved !== undefined && this.#held.get(clientId) === saved) {
+        await this.#call(async (client) => await client.set(keys[1], saved, 'PX', limits.retentionMs, 'NX'))
+      }
     }))
   }
 
@@ -488,7 +498,7 @@ class RedisAdapter implements StabilizerAdapter {
   async claim (clientId: string): Promise<void> {
     const { instanceId } = this.#ctx
     const previous = await this.#call(async (client) => await client.set(this.#owner(clientId), instanceId, 'PX', presenceTtl, 'GET'))
-    this.#held.add(clientId)
+    if (!this.#held.has(clientId)) this.#held.set(clientId, undefined)
     if (previous !== null && previous !== instanceId) await this.#publishControl(previous, { t: 'r', c: clientId })
   }
 
@@ -530,16 +540,19 @@ class RedisAdapter implements StabilizerAdapter {
   async saveSession (record: SessionRecord): Promise<void> {
     const value = `${Buffer.byteLength(record.sessionId)}:${record.sessionId}${JSON.stringify(record)}`
     await this.#call(async (client) => await client.set(this.#session(record.clientId), value, 'PX', this.#limits.retentionMs))
+    if (this.#held.has(record.clientId)) this.#held.set(record.clientId, value)
   }
 
   async takeSession (clientId: string, sessionId: string): Promise<SessionRecord | undefined> {
     const value = await this.#script(scripts.takeSession, [this.#session(clientId)], [sessionId]) as string | null
     if (value === null) return undefined
+    if (this.#held.has(clientId)) this.#held.set(clientId, undefined) // taken: never written again
     return JSON.parse(value.slice(`${Buffer.byteLength(sessionId)}:${sessionId}`.length)) as SessionRecord
   }
 
   async dropSession (clientId: string, sessionId: string): Promise<void> {
     await this.#script(scripts.dropSession, [this.#session(clientId)], [sessionId])
+    if (this.#held.get(clientId)?.startsWith(`${Buffer.byteLength(sessionId)}:${sessionId}`) === true) this.#held.set(clientId, undefined)
   }
 
   // ---- tokens -----------------------------------------------------------------------------
