@@ -7,11 +7,16 @@ import { Redis } from 'ioredis'
 import { redisAdapter, type RedisAdapterOptions } from '../lib/adapter/redis.js'
 import { AdapterUnavailableError } from '../lib/errors.js'
 import { startInstances, text, until, type AdapterFactory, type Instance } from './fixtures/adapter-contract.js'
+import { namespacesUnavailable } from './fixtures/netns.js'
+import { createLinkedNamespace } from './fixtures/netns-host.js'
 import { killProcess } from './fixtures/processes.js'
 import { startRedisServer } from './fixtures/redis-server.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const instanceScript = fileURLToPath(new URL('./fixtures/redis-instance.ts', import.meta.url))
+
+const unavailable = await namespacesUnavailable()
+if (unavailable !== false && process.env.CI !== undefined) throw new Error(`CI must run the fault tests: ${unavailable}`)
 
 function factoryOn (url: string, extra: Partial<RedisAdapterOptions> = {}): AdapterFactory {
   return async (instances) => {
@@ -178,4 +183,32 @@ void t.test('a SIGKILLed instance leaves the cluster within seconds', async (t) 
   t.equal(await a.adapter.disconnect('dave', 4000, 'x'), false, 'and disconnect finds nobody to ask')
   await a.adapter.claim('carol')
   t.equal(await a.adapter.locate('carol'), 'connected', 'the id can be claimed again')
+})
+
+void t.test('a network cut to Redis (iptables DROP) is detected and recovered from', { skip: unavailable }, async (t) => {
+  const ns = await createLinkedNamespace()
+  t.teardown(ns.destroy)
+  const redis = await startRedisServer({ netns: ns.name, host: ns.address })
+  t.teardown(redis.stop)
+  const [a, b] = await startInstances(t, factoryOn(redis.url))
+  a.adapter.subscribe('*')
+  await a.adapter.top('*')
+  await b.adapter.publish('*', text('before'))
+  await until(() => seqsOf(a, '*').length === 1, 'the first entry')
+  const rule = ['INPUT', '-p', 'tcp', '--dport', String(redis.port), '-j', 'DROP']
+  await ns.inside('iptables', '-A', ...rule)
+  const outcome = await settled(b.adapter.publish('*', text('cut')), 'a publish during the cut')
+  t.ok(!outcome.ok && outcome.error instanceof AdapterUnavailableError, 'a publish during the cut rejects with AdapterUnavailableError')
+  await until(() => a.connectivity.includes(false), 'a to notice the cut')
+  await until(() => b.connectivity.includes(false), 'b to notice the cut')
+  await ns.inside('iptables', '-D', ...rule)
+  await until(() => a.connectivity.at(-1) === true, 'a to report the store back', 20_000)
+  let after: Awaited<ReturnType<typeof b.adapter.publish>> | undefined
+  await until(async () => {
+    after = await b.adapter.publish('*', text('after')).catch(() => undefined)
+    return after !== undefined
+  }, 'publishes to succeed again', 20_000)
+  await until(() => a.delivered.some((e) => e.seq === after!.position.seq && e.epoch === after!.position.epoch), 'delivery to a to resume by itself')
+  t.ok(increasing(seqsOf(a, '*')), `in order, each once (${seqsOf(a, '*').join(',')})`)
+  t.equal(seqsOf(a, '*').at(-1), after!.position.seq, 'up to the latest')
 })
