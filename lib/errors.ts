@@ -62,6 +62,8 @@ export const AlreadyRegisteredError = define('FST_WS_STABILIZER_ALREADY_REGISTER
 export const InvalidClientIdError = define('FST_WS_STABILIZER_INVALID_CLIENT_ID', 'Invalid client id: %s', 400, undefined, Base)
 /** `metrics` is on but prom-client (an optional peer dependency) cannot be loaded. */
 export const MetricsClientMissingError = define('FST_WS_STABILIZER_METRICS_CLIENT_MISSING', 'The metrics option needs prom-client: %s', 500, undefined, Base)
+/** The adapter's shared store (Redis) could not be reached or did not answer in time. */
+export const AdapterUnavailableError = define('FST_WS_STABILIZER_ADAPTER_UNAVAILABLE', 'Shared store unavailable: %s', 503, undefined, Base)
 
 // Each error class also names its instance type, as a class declaration would.
 /* eslint-disable @typescript-eslint/no-redeclare */
@@ -82,6 +84,7 @@ export type TokenRequestForbiddenError = InstanceType<typeof TokenRequestForbidd
 export type TooManyTokenRequestsError = InstanceType<typeof TooManyTokenRequestsError>
 export type AlreadyRegisteredError = InstanceType<typeof AlreadyRegisteredError>
 export type MetricsClientMissingError = InstanceType<typeof MetricsClientMissingError>
+export type AdapterUnavailableError = InstanceType<typeof AdapterUnavailableError>
 /* eslint-enable @typescript-eslint/no-redeclare */
 
 /** Every error class of the catalog, by exported name (the README documents each code). */
@@ -102,5 +105,6 @@ export const errorCatalog = {
   TokenRequestForbiddenError,
   TooManyTokenRequestsError,
   AlreadyRegisteredError,
-  MetricsClientMissingError
+  MetricsClientMissingError,
+  AdapterUnavailableError
 } as const
