@@ -10,7 +10,7 @@ import type { HeartbeatScheduler } from './heartbeat.js'
 import type { ResolvedOptions } from './options.js'
 import { parseClientFrame, type ClientFrame } from './protocol.js'
 import { InboundBudget, inboundSize } from './rate-limit.js'
-import { protocolErrorCloseCode, takePongs } from './wire.js'
+import { giveCloseReasons, protocolErrorCloseCode, takePongs } from './wire.js'
 
 const kConnection = Symbol('fastify-websocket-stabilizer.connection')
 type TrackedSocket = WebSocket & { [kConnection]?: Connection }
@@ -138,6 +138,7 @@ export class SocketBinding {
     socket.on('close', this.onClose)
     socket.on('error', this.onError)
     socket.on('message', this.onMessage)
+    giveCloseReasons(socket)
     if (this.heartbeat !== undefined) {
       if (this.options.heartbeatType === 'ping') {
         socket.on('pong', this.onPong)

@@ -158,3 +158,27 @@ export function protocolErrorCloseCode (err: Error & { code?: string }): number 
 export function transportDestroyed (socket: WebSocket): boolean {
   return (socket as unknown as { _socket?: { destroyed?: boolean } })._socket?.destroyed === true
 }
+
+/** Reasons for the closes `ws` starts itself after a protocol error, which it sends without one. */
+const wsCloseReasons: Record<number, string> = {
+  1002: 'protocol error',
+  1007: 'invalid UTF-8',
+  1008: 'too many fragments',
+  1009: 'message too big'
+}
+
+const close = WebSocket.prototype.close
+
+/**
+ * The `close` of a stabilized socket: ws closes with 1009 (and 1002, 1007) after a bad inbound
+ * frame without a reason; the peer then learns which limit it hit. One shared function, set on
+ * the socket like the stabilizer's `emit`.
+ */
+function closeWithReason (this: WebSocket, code?: number, reason?: string | Buffer): void {
+  close.call(this, code, reason ?? (code === undefined ? undefined : wsCloseReasons[code]))
+}
+
+/** Gives a socket's ws-initiated closes a reason. */
+export function giveCloseReasons (socket: WebSocket): void {
+  socket.close = closeWithReason
+}

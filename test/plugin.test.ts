@@ -15,7 +15,7 @@ void t.test('registers @fastify/websocket itself and passes maxMessageSize throu
   const ws = await openClient(`${url}/ws/a`)
   const closed = closeOf(ws)
   ws.send('x'.repeat(65))
-  t.equal((await closed).code, CloseCode.MESSAGE_TOO_BIG)
+  t.same(await closed, { code: CloseCode.MESSAGE_TOO_BIG, reason: 'message too big' }, 'the peer learns which limit it hit')
   await waitFor(() => app.stabilizer.getStats().totalDisconnections === 1)
   t.same(app.stabilizer.getStats().closedByCode, { 1009: 1 })
   t.same(app.stabilizer.getStats().closedByCause, { message_too_big: 1 })
