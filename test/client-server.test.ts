@@ -1,7 +1,8 @@
 import t from 'tap'
 import { WebSocket } from 'ws'
-import { StabilizedWebSocket, type StabilizedEvent, type StabilizedWebSocketOptions } from '../lib/client/index.js'
+import { StabilizedWebSocket, type StabilizedWebSocketOptions } from '../lib/client/index.js'
 import { buildApp, listen, waitFor, type TestApp } from './fixtures/server.js'
+import { recordEvents } from './fixtures/client-events.js'
 
 // The client library against the plugin itself (test/client.test.ts has it against a server
 // written in the test): the two implementations of PROTOCOL.md agree.
@@ -18,17 +19,6 @@ function trackedWebSocket () {
     }
   }
   return { WebSocket: Tracked, sockets }
-}
-
-function record (client: StabilizedWebSocket) {
-  const events: Array<{ type: string, event: StabilizedEvent }> = []
-  for (const type of ['open', 'message', 'close', 'reconnecting', 'resumed']) {
-    client.addEventListener(type, (event) => events.push({ type, event: event as StabilizedEvent }))
-  }
-  return {
-    of: (type: string) => events.filter((e) => e.type === type).map((e) => e.event),
-    data: () => events.filter((e) => e.type === 'message').map((e) => e.event.data)
-  }
 }
 
 async function appWith (t: { teardown: (fn: () => unknown) => void }, options = {}): Promise<{ app: TestApp, url: string, client: (path: string, options?: StabilizedWebSocketOptions) => StabilizedWebSocket }> {
@@ -53,7 +43,7 @@ async function appWith (t: { teardown: (fn: () => unknown) => void }, options = 
 void t.test('messages arrive without the envelope and move the positions of their streams', async (t) => {
   const { app, client: connect } = await appWith(t)
   const client = connect('/ws/kim')
-  const log = record(client)
+  const log = recordEvents(client)
   await waitFor(() => client.readyState === StabilizedWebSocket.OPEN)
   t.equal(client.clientId, 'kim')
   const welcomed = client.positions
@@ -74,7 +64,7 @@ void t.test('messages arrive without the envelope and move the positions of thei
 void t.test('joining and leaving a group: the client follows and unfollows its stream', async (t) => {
   const { app, client: connect } = await appWith(t)
   const client = connect('/ws/gia')
-  const log = record(client)
+  const log = recordEvents(client)
   await waitFor(() => client.readyState === StabilizedWebSocket.OPEN)
   app.stabilizer.join('gia', 'room')
   await waitFor(() => client.positions['g:room'] !== undefined)
@@ -92,7 +82,7 @@ void t.test('cut abruptly while the server keeps sending: it reconnects, resumes
   const { WebSocket: Tracked, sockets } = trackedWebSocket()
   const client = new StabilizedWebSocket(`${url}/ws/lou`, { WebSocket: Tracked, minDelay: 10, initialDelay: 50 })
   t.teardown(() => client.close())
-  const log = record(client)
+  const log = recordEvents(client)
   await waitFor(() => client.readyState === StabilizedWebSocket.OPEN)
   const run = { sending: true, next: 0 }
   const sender = (async () => {
@@ -127,7 +117,7 @@ void t.test('a token used by someone else: 4003, then a new session without toke
   const { WebSocket: Tracked, sockets } = trackedWebSocket()
   const client = new StabilizedWebSocket(`${url}/ws/ned`, { WebSocket: Tracked, minDelay: 10, initialDelay: 20 })
   t.teardown(() => client.close())
-  const log = record(client)
+  const log = recordEvents(client)
   let token = ''
   await waitFor(() => sockets.length === 1)
   sockets[0].on('message', (data: Buffer) => {
@@ -148,7 +138,7 @@ void t.test('a token used by someone else: 4003, then a new session without toke
 void t.test('1012 waits the server\'s hint; 4500 is terminal', async (t) => {
   const { app, client: connect } = await appWith(t)
   const client = connect('/ws/ada', { minDelay: 10, initialDelay: 20 })
-  const log = record(client)
+  const log = recordEvents(client)
   await waitFor(() => client.readyState === StabilizedWebSocket.OPEN)
   const connection = app.stabilizer.getConnection('ada')!
   connection.socket.close(1012, 'service restart; retry-after-ms=123')

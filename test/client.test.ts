@@ -2,8 +2,9 @@ import t from 'tap'
 import type { IncomingMessage } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { WebSocketServer, WebSocket } from 'ws'
-import { StabilizedWebSocket, backoffDelay, clampDelay, type StabilizedEvent, type StabilizedWebSocketOptions } from '../lib/client/index.js'
+import { StabilizedWebSocket, backoffDelay, clampDelay, type StabilizedWebSocketOptions } from '../lib/client/index.js'
 import { binaryMessageFrame, followFrame, readOffer, textMessageFrame, textPayload, unfollowFrame, type ProtocolOffer, type Welcome } from '../lib/protocol.js'
+import { recordEvents } from './fixtures/client-events.js'
 
 // The client against a small `stabilizer.v1` server written here with plain `ws`, over real
 // sockets: the frames are the ones PROTOCOL.md gives, and each test says what the server does.
@@ -115,18 +116,6 @@ class FakeStabilizer {
   }
 }
 
-function record (client: StabilizedWebSocket) {
-  const events: Array<{ type: string, event: StabilizedEvent }> = []
-  for (const type of ['open', 'message', 'close', 'reconnecting', 'resumed']) {
-    client.addEventListener(type, (event) => events.push({ type, event: event as StabilizedEvent }))
-  }
-  return {
-    of: (type: string) => events.filter((e) => e.type === type).map((e) => e.event),
-    data: () => events.filter((e) => e.type === 'message').map((e) => e.event.data),
-    texts: () => events.filter((e) => e.type === 'message').map((e) => e.event.data as string)
-  }
-}
-
 async function until (condition: () => boolean, timeoutMs = 5000): Promise<void> {
   const start = Date.now()
   while (!condition()) {
@@ -163,7 +152,7 @@ void t.test('a session: positions from the welcome and each message, payloads wi
   const server = await FakeStabilizer.start(t)
   server.onConnection = (c) => server.welcome(c, { positions: { '*': ['E', 4], 'c:kim': ['K', 0] } })
   const client = server.client('/ws/kim')
-  const log = record(client)
+  const log = recordEvents(client)
   await until(() => client.readyState === StabilizedWebSocket.OPEN)
   t.equal(client.clientId, 'kim')
   t.equal(client.sessionId, 'session-kim')
@@ -215,7 +204,7 @@ void t.test('duplicates are dropped by position; another epoch starts over; foll
   const server = await FakeStabilizer.start(t)
   server.onConnection = (c) => server.welcome(c, { positions: { '*': ['E', 10] } })
   const client = server.client('/ws/ann')
-  const log = record(client)
+  const log = recordEvents(client)
   await until(() => client.readyState === StabilizedWebSocket.OPEN)
   const [c] = server.connections
   server.text(c, '*', 'E', 9, 'before the welcome position')
@@ -282,7 +271,7 @@ void t.test('cut abruptly: it reconnects offering its token and positions, and g
     for (let i = 0; i < 10; i++) next(c)
   }
   const client = server.client('/ws/lou', fast)
-  const log = record(client)
+  const log = recordEvents(client)
   await until(() => log.of('message').length === 50)
   const held = client.positions
   t.same(held, { '*': ['E', 17], 'c:lou': ['L', 33] })
@@ -314,7 +303,7 @@ void t.test('a resume whose history is gone: historyLost is reported and the new
     server.text(c, '*', 'F', 1, 'f1')
   }
   const client = server.client('/ws/ida', fast)
-  const log = record(client)
+  const log = recordEvents(client)
   await until(() => log.of('message').length === 1)
   server.connections[0].socket.terminate()
   await until(() => log.of('message').length === 2)
@@ -334,7 +323,7 @@ void t.test('4003: the token and positions are forgotten and a new session begin
     else server.welcome(c, { token: 'token-3', positions: { '*': ['E', 2], 'c:ned': ['M', 0] } })
   }
   const client = server.client('/ws/ned', fast)
-  const log = record(client)
+  const log = recordEvents(client)
   await until(() => client.readyState === StabilizedWebSocket.OPEN)
   server.connections[0].socket.terminate()
   await until(() => log.of('resumed').length === 1)
@@ -379,7 +368,7 @@ void t.test('the offline queue keeps what is sent while disconnected, bounded, a
 void t.test('close codes: 1012 waits the server\'s hint, 1013 at least 5 s, 4500 and 1000 end it', async (t) => {
   const server = await FakeStabilizer.start(t)
   const client = server.client('/ws/ada', { ...fast, maxDelay: 500 })
-  const log = record(client)
+  const log = recordEvents(client)
   await until(() => client.readyState === StabilizedWebSocket.OPEN)
   server.connections[0].socket.close(1012, 'service restart; retry-after-ms=123')
   await until(() => server.connections.length === 2 && client.readyState === StabilizedWebSocket.OPEN)
@@ -397,7 +386,7 @@ void t.test('close codes: 1012 waits the server\'s hint, 1013 at least 5 s, 4500
 
   for (const code of [4500, 1000]) {
     const other = server.client(`/ws/bo-${code}`, fast)
-    const otherLog = record(other)
+    const otherLog = recordEvents(other)
     await until(() => other.readyState === StabilizedWebSocket.OPEN)
     server.connections.at(-1)!.socket.close(code, 'bye')
     await until(() => otherLog.of('close').length === 1)
@@ -411,7 +400,7 @@ void t.test('maxRetries: the client gives up after that many failed attempts', a
   const server = await FakeStabilizer.start(t)
   server.onConnection = (c) => c.socket.close(4000, 'not now')
   const client = server.client('/ws/gus', { ...fast, maxRetries: 2 })
-  const log = record(client)
+  const log = recordEvents(client)
   await until(() => log.of('close').length === 3)
   t.same(log.of('close').map((e) => e.willRetry), [true, true, false])
   t.same(log.of('reconnecting').map((e) => e.attempt), [1, 2])
@@ -439,7 +428,7 @@ void t.test('the dead-server watchdog: a server that stops sending is dropped wi
     }, 30)
   }
   const client = server.client('/ws/cal', fast)
-  const log = record(client)
+  const log = recordEvents(client)
   let closedWhileSilent: boolean | undefined
   client.addEventListener('close', () => { closedWhileSilent ??= silent })
   await until(() => server.connections.length === 2 && client.readyState === StabilizedWebSocket.OPEN)
@@ -465,7 +454,7 @@ void t.test('the token is refreshed before it expires, and the fresh one is offe
     })
   }
   const client = server.client('/ws/flo', fast)
-  const log = record(client)
+  const log = recordEvents(client)
   await until(() => log.of('message').length === 1)
   t.same(framesOf(server.connections[0], 'token'), [{ t: 'token' }], 'asked for a token before the old one expired')
   server.connections[0].socket.terminate()
