@@ -1,12 +1,14 @@
-// A benchmark server process: node --expose-gc --import tsx bench/server.ts <contender>
-// Commands arrive as JSON lines on stdin (from the controller, never over the sockets under
+// A benchmark server process: node --expose-gc --import tsx bench/server.ts <contender> [settings JSON]
+// (settings: ContenderSettings of bench/contenders.ts). Commands arrive as JSON lines on stdin (from the controller, never over the sockets under
 // test); each gets one JSON line on stdout.
 import { createInterface } from 'node:readline'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { setImmediate as nextTurn } from 'node:timers/promises'
-import { startContender, type ContenderName } from './contenders.js'
+import { Session } from 'node:inspector/promises'
+import { writeFile } from 'node:fs/promises'
+import { startContender, type ContenderName, type ContenderSettings } from './contenders.js'
 
-const contender = await startContender(process.argv[2] as ContenderName)
+const contender = await startContender(process.argv[2] as ContenderName, JSON.parse(process.argv[3] ?? '{}') as ContenderSettings)
 const reply = (value: Record<string, unknown>): void => { process.stdout.write(`${JSON.stringify(value)}\n`) }
 reply({ port: contender.port })
 
@@ -23,7 +25,10 @@ function payload (id: number, size: number): string {
   return head + 'x'.repeat(Math.max(0, size - head.length))
 }
 
-interface Command { cmd: string, count?: number, size?: number, spacingMs?: number, perTurn?: number }
+interface Command { cmd: string, count?: number, size?: number, spacingMs?: number, perTurn?: number, path?: string, intervalUs?: number }
+
+/** The main thread's V8 CPU profiler, driven in-process so a profile covers one scenario's window only. */
+let profiler: Session | undefined
 
 const lag = monitorEventLoopDelay({ resolution: 1 })
 
@@ -38,6 +43,26 @@ async function run (command: Command): Promise<Record<string, unknown>> {
     case 'lagStop':
       lag.disable()
       return { maxLagMs: lag.max / 1e6 }
+    case 'cpu': {
+      // The process's CPU time so far (every thread: main, GC helpers, libuv's pool), µs.
+      const { user, system } = process.cpuUsage()
+      return { user, system }
+    }
+    case 'profileStart':
+      profiler = new Session()
+      profiler.connect()
+      await profiler.post('Profiler.enable')
+      await profiler.post('Profiler.setSamplingInterval', { interval: command.intervalUs ?? 100 })
+      await profiler.post('Profiler.start')
+      return {}
+    case 'profileStop': {
+      if (profiler === undefined) throw new Error('profileStart first')
+      const { profile } = await profiler.post('Profiler.stop')
+      profiler.disconnect()
+      profiler = undefined
+      await writeFile(command.path!, JSON.stringify(profile))
+      return { path: command.path }
+    }
     case 'memory': {
       collectGarbage()
       const usage = process.memoryUsage()

@@ -3,7 +3,8 @@ import { WebSocket } from 'ws'
 import type { Connection } from './connection.js'
 import type { EncodedMessage } from './message.js'
 import { messageFrame, textPayload } from './protocol.js'
-import { plainFrameTransport, wholeFrame } from './wire.js'
+import { DeflatedFrames, type SharedDeflate } from './shared-deflate.js'
+import { idleTransport, plainFrameTransport, serverWindowBits, sharedDeflateOf, wholeFrame } from './wire.js'
 
 /**
  * Honest counts of one broadcast.
@@ -32,7 +33,9 @@ export interface BroadcastResult {
  */
 export class Outbound {
   private payload: Buffer | undefined = undefined
+  private plain: Buffer | undefined = undefined
   private frame: Buffer | undefined = undefined
+  private deflated: DeflatedFrames | undefined = undefined
   private plainBytes = -1
 
   constructor (readonly encoded: EncodedMessage) {}
@@ -50,11 +53,28 @@ export class Outbound {
     return this.plainBytes
   }
 
+  /** The plain message's bytes. */
+  private get plainPayload (): Buffer {
+    const { data } = this.encoded
+    this.plain ??= typeof data === 'string' ? Buffer.from(data) : data
+    return this.plain
+  }
+
   /** The plain message as one whole WebSocket frame, built on first need and shared by every plain recipient. */
   get plainFrame (): Buffer {
-    const { data, binary } = this.encoded
-    this.frame ??= wholeFrame(typeof data === 'string' ? Buffer.from(data) : data, binary)
+    this.frame ??= wholeFrame(this.plainPayload, this.encoded.binary)
     return this.frame
+  }
+
+  /**
+   * The message for a socket the shared compressor serves: deflated and framed once per
+   * window size, shared by every such recipient; under the compressor's threshold, the
+   * plain frame (an uncompressed message is valid on a compressing connection).
+   */
+  sharedFrame (deflate: SharedDeflate, windowBits: number): Buffer {
+    if (this.plainPayload.length < deflate.threshold) return this.plainFrame
+    this.deflated ??= new DeflatedFrames(this.plainPayload, this.encoded.binary)
+    return this.deflated.frameFor(deflate, windowBits)
   }
 
   /** What to write to `connection`: the plain message, or the session's next numbered frame (logged for replay). */
@@ -135,15 +155,23 @@ export async function fanOut (
 }
 
 /**
- * Hands one broadcast to one open recipient: a plain client without compression whose sender
- * is idle gets the shared whole frame written straight to its transport (one buffer, no
- * per-socket framing); any other goes through `send()`.
+ * Hands one broadcast to one open recipient whose sender is idle: a plain client without
+ * compression gets the shared whole frame written straight to its transport (one buffer, no
+ * per-socket framing); one that negotiated the shared compressor gets the message deflated
+ * once for all such recipients; any other goes through `send()`.
  */
 function deliver (connection: Connection, message: Outbound): boolean {
   if (connection.replay === undefined) {
-    const transport = plainFrameTransport(connection.socket)
+    const { socket } = connection
+    const transport = plainFrameTransport(socket)
     if (transport !== undefined) {
       transport.write(message.plainFrame)
+      return true
+    }
+    const deflate = sharedDeflateOf(socket)
+    const idle = deflate === undefined ? undefined : idleTransport(socket)
+    if (idle !== undefined) {
+      idle.write(message.sharedFrame(deflate!, serverWindowBits(socket)))
       return true
     }
   }

@@ -5,6 +5,7 @@ import websocket from '@fastify/websocket'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { InvalidOptionError } from './errors.js'
+import { perMessageDeflateOf } from './compression.js'
 import { resolveOptions, type StabilizerOptions } from './options.js'
 import { registerReconnectTokenRoute, registerStatsRoute } from './routes.js'
 import { Stabilizer } from './stabilizer.js'
@@ -60,7 +61,7 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
   }
   if (ownsWebsocket) {
     await fastify.register(websocket, {
-      options: { maxPayload: options.maxMessageSize, perMessageDeflate: options.compression, handleProtocols: selectProtocol },
+      options: { maxPayload: options.maxMessageSize, perMessageDeflate: perMessageDeflateOf(options.compression), handleProtocols: selectProtocol },
       // Replaces @fastify/websocket's default preClose, which closes every client with no code.
       preClose: async function (this: FastifyInstance) {
         await drainOnClose()
@@ -127,6 +128,7 @@ export default stabilizer
 
 export { Stabilizer, type BroadcastOptions, type MemoryUsage, type StabilizerStats, type HeartbeatStats, type RttPercentiles } from './stabilizer.js'
 export type { StabilizerOptions, ResumeInfo } from './options.js'
+export type { Compression, CompressionOptions } from './compression.js'
 export { defaults as optionDefaults, OptionsSchema } from './options.js'
 export type { StabilizedConnection, ConnectionState, DisconnectCause } from './connection.js'
 export type { BroadcastResult } from './fanout.js'
