@@ -91,3 +91,55 @@ export function summarize (profile: CpuProfile): ProfileSummary {
     inclusive: sorted(inclusive)
   }
 }
+
+/** Time under the first frame whose name starts with `prefix`, split by the frame called directly below it and by leaf frame. */
+export function breakdown (profile: CpuProfile, prefix: string): { ms: number, callees: FrameTime[], leaves: FrameTime[] } {
+  const byId = new Map<number, ProfileNode>()
+  const parent = new Map<number, number>()
+  for (const node of profile.nodes) {
+    byId.set(node.id, node)
+    for (const child of node.children ?? []) parent.set(child, node.id)
+  }
+  const callees = new Map<string, FrameTime>()
+  const leaves = new Map<string, FrameTime>()
+  const add = (map: Map<string, FrameTime>, node: ProfileNode | undefined, ms: number): void => {
+    const name = node === undefined ? '(self)' : frameName(node.callFrame)
+    const entry = map.get(name) ?? { frame: name, origin: node === undefined ? '' : originOf(node.callFrame.url, node.callFrame.functionName), ms: 0 }
+    entry.ms += ms
+    map.set(name, entry)
+  }
+  let total = 0
+  for (let i = 0; i < profile.samples.length; i++) {
+    const ms = (i + 1 < profile.timeDeltas.length ? profile.timeDeltas[i + 1] : 0) / 1000
+    const chain: ProfileNode[] = []
+    for (let id: number | undefined = profile.samples[i]; id !== undefined; id = parent.get(id)) chain.push(byId.get(id)!)
+    // The outermost match, so a recursive frame is counted once.
+    let at = -1
+    for (let j = chain.length - 1; j >= 0; j--) if (frameName(chain[j].callFrame).startsWith(prefix)) { at = j; break }
+    if (at < 0) continue
+    total += ms
+    add(callees, at === 0 ? undefined : chain[at - 1], ms)
+    add(leaves, chain[0], ms)
+  }
+  const sorted = (map: Map<string, FrameTime>): FrameTime[] => [...map.values()].sort((a, b) => b.ms - a.ms)
+  return { ms: total, callees: sorted(callees), leaves: sorted(leaves) }
+}
+
+// CLI: npx tsx bench/cpu-profile.ts <file.cpuprofile> [connections] [frame prefix…]
+// Prints, per frame prefix, its inclusive time (µs per connection when given) and what it calls.
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const { readFileSync } = await import('node:fs')
+  const [file, connectionsArg, ...prefixes] = process.argv.slice(2)
+  const profile = JSON.parse(readFileSync(file, 'utf8')) as CpuProfile
+  const per = Number(connectionsArg ?? 1)
+  const unit = per > 1 ? 'µs/conn' : 'ms'
+  const show = (ms: number): string => (per > 1 ? (ms * 1000 / per).toFixed(1) : ms.toFixed(1))
+  for (const prefix of prefixes) {
+    const { ms, callees, leaves } = breakdown(profile, prefix)
+    console.log(`\n${prefix}: ${show(ms)} ${unit}`)
+    console.log('  calls:')
+    for (const frame of callees.slice(0, 12)) console.log(`    ${show(frame.ms).padStart(7)}  ${frame.frame}`)
+    console.log('  leaves:')
+    for (const frame of leaves.slice(0, 12)) console.log(`    ${show(frame.ms).padStart(7)}  ${frame.frame}`)
+  }
+}

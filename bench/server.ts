@@ -19,13 +19,30 @@ function collectGarbage (): void {
   gc()
 }
 
-/** A 100-byte (or `size`) text message carrying its id and the monotonic send time. */
-function payload (id: number, size: number): string {
+const symbols = ['AAPL', 'MSFT', 'GOOG', 'AMZN', 'NVDA', 'META', 'TSLA', 'BRK.B', 'JPM', 'V', 'XOM', 'UNH']
+
+/**
+ * A text message of `size` bytes carrying its id and the monotonic send time, then padding
+ * ('x'), or with `json` a list of price updates as a market feed sends them (compressible the
+ * way real JSON is: repeated keys, varying numbers; deflate takes it to about a sixth).
+ */
+function payload (id: number, size: number, json = false): string {
   const head = `${id} ${process.hrtime.bigint()} `
-  return head + 'x'.repeat(Math.max(0, size - head.length))
+  if (!json) return head + 'x'.repeat(Math.max(0, size - head.length))
+  const items: string[] = []
+  let length = head.length + 2
+  for (let i = 0; ; i++) {
+    const n = id * 1_000 + i
+    const item = JSON.stringify({ seq: n, symbol: symbols[n % symbols.length], bid: (100 + (n * 7_919 % 10_000) / 100).toFixed(2), ask: (100 + (n * 7_927 % 10_000) / 100).toFixed(2), volume: n * 104_729 % 1_000_000, ts: 1_764_000_000_000 + n * 37 })
+    if (length + item.length + 1 > size) break
+    items.push(item)
+    length += item.length + 1
+  }
+  const body = `[${items.join(',')}]`
+  return head + body + ' '.repeat(Math.max(0, size - head.length - Buffer.byteLength(body)))
 }
 
-interface Command { cmd: string, count?: number, size?: number, spacingMs?: number, perTurn?: number, path?: string, intervalUs?: number }
+interface Command { cmd: string, count?: number, size?: number, json?: boolean, spacingMs?: number, perTurn?: number, path?: string, intervalUs?: number }
 
 /** The main thread's V8 CPU profiler, driven in-process so a profile covers one scenario's window only. */
 let profiler: Session | undefined
@@ -75,7 +92,7 @@ async function run (command: Command): Promise<Record<string, unknown>> {
       const sendLoops: number[] = []
       for (let id = 0; id < command.count!; id++) {
         const started = performance.now()
-        await contender.broadcast(payload(id, command.size!))
+        await contender.broadcast(payload(id, command.size!, command.json))
         sendLoops.push(performance.now() - started)
         await new Promise((resolve) => setTimeout(resolve, command.spacingMs))
       }
@@ -88,7 +105,7 @@ async function run (command: Command): Promise<Record<string, unknown>> {
       const started = performance.now()
       let pending: Array<void | Promise<unknown>> = []
       for (let id = 0; id < command.count!; id++) {
-        pending.push(contender.broadcast(payload(id, command.size!)))
+        pending.push(contender.broadcast(payload(id, command.size!, command.json)))
         if (pending.length === command.perTurn) {
           await Promise.all(pending)
           pending = []
