@@ -9,10 +9,12 @@
  * Per contender and size, one stack (fresh server, clients in their own processes):
  * 1. memory per idle connection: RSS and heap after GC with N clients, minus the same
  *    server's before any client, per connection;
- * 2. fan-out latency: sequential broadcasts, completion (until the last client has it) p50/p99;
+ * 2. fan-out latency: one broadcast at a time, completion (until the last client has it) p50/p99;
  * 3. memory per connection again after those broadcasts (what per-socket compressors keep);
  * 4. sustained fan-out: ~100k deliveries, 4 broadcasts started per loop turn: deliveries/s
- *    and server CPU time (all threads, zlib's pool included) per delivery.
+ *    and server CPU time (all threads, zlib's pool included) per delivery; its inverse,
+ *    deliveries per server CPU-second, is the server's capacity whatever the clients' speed
+ *    (here the clients, which inflate every message on the same two cores, bound deliveries/s).
  *
  * Run: npx tsx bench/compression.ts [--sizes=1000,5000] [--rounds=3] [--contenders=a,b] [--quick]
  */
@@ -63,10 +65,20 @@ async function measure (contender: Contender, connections: number): Promise<Reco
     const idle = await server.ask({ cmd: 'memory' }) as unknown as Memory
     if (idle.connections < connections * 0.99) throw new Error(`${contender.label}: ${idle.connections} of ${connections} connected`)
 
-    // Fan-out latency: broadcasts far enough apart that each one completes before the next.
-    const broadcasts = quick ? 6 : 25
-    await server.ask({ cmd: 'sequential', count: broadcasts, size: messageSize, json: true, spacingMs: Math.max(100, connections / 8) })
-    await sleep(300)
+    // Fan-out latency: one broadcast at a time, the next once every client has the last, so a
+    // completion is one broadcast's and not a queue's (clients inflate every message, and on
+    // two cores they are slower at it than the shared compressor is at sending).
+    const broadcasts = quick ? 6 : 15
+    for (let id = 0; id < broadcasts; id++) {
+      await server.ask({ cmd: 'sequential', from: id, count: 1, size: messageSize, json: true, spacingMs: 0 })
+      for (let stable = 0, previous = -1; stable < 100; await sleep(20)) {
+        const counts = await Promise.all(clients.map(async (client) => await client.ask({ cmd: 'count' }) as { total: number }))
+        const total = counts.reduce((sum, c) => sum + c.total, 0)
+        if (total >= (id + 1) * idle.connections) break
+        stable = total === previous ? stable + 1 : 0
+        previous = total
+      }
+    }
     const completions: number[] = []
     let missing = 0
     const byId = new Map<number, { latency: number, deliveries: number }>()
@@ -79,7 +91,7 @@ async function measure (contender: Contender, connections: number): Promise<Reco
         byId.set(id, entry)
       }
     }
-    for (let id = 5; id < broadcasts; id++) { // the first 5 warm up
+    for (let id = 3; id < broadcasts; id++) { // the first 3 warm up
       const entry = byId.get(id)
       missing += idle.connections - (entry?.deliveries ?? 0)
       if (entry !== undefined) completions.push(entry.latency)
@@ -113,7 +125,8 @@ async function measure (contender: Contender, connections: number): Promise<Reco
       missing,
       perSecond: delivered / (Number(lastAt - started) / 1e9),
       delivered: delivered / expected * 100,
-      cpuPerDelivery: cpuUs / delivered
+      cpuPerDelivery: cpuUs / delivered,
+      capacity: delivered / (cpuUs / 1e6)
     }
   } finally {
     await Promise.all(clients.map(async (client) => await client.stop()))
@@ -125,6 +138,7 @@ interface Column { key: string, label: string, digits: number, better: 'lower' |
 const columns: Column[] = [
   { key: 'perSecond', label: 'deliveries/s', digits: 0, better: 'higher' },
   { key: 'cpuPerDelivery', label: 'server CPU µs per delivery', digits: 2, better: 'lower' },
+  { key: 'capacity', label: 'deliveries per server CPU-second', digits: 0, better: 'higher' },
   { key: 'p50', label: 'completion p50 ms', digits: 1, better: 'lower' },
   { key: 'p99', label: 'completion p99 ms', digits: 1, better: 'lower' },
   { key: 'rssIdle', label: 'RSS B/idle conn', digits: 0, better: 'lower' },
@@ -161,7 +175,7 @@ for (const connections of sizes) {
   console.log('\nRatios of medians, same run:\n')
   console.log('| figure | stabilizer-shared vs ws-deflate | vs socket.io-deflate | vs stabilizer-per-socket | vs stabilizer-plain |')
   console.log('| --- | --- | --- | --- | --- |')
-  for (const key of ['perSecond', 'cpuPerDelivery', 'p99', 'rssIdle', 'rssAfter']) {
+  for (const key of ['perSecond', 'capacity', 'cpuPerDelivery', 'p50', 'p99', 'rssIdle', 'heapIdle', 'rssAfter']) {
     const column = columns.find((c) => c.key === key)!
     console.log(`| ${column.label} | ${['ws-deflate', 'socket.io-deflate', 'stabilizer-per-socket', 'stabilizer-plain'].map((base) => ratio('stabilizer-shared', base, key)).join(' | ')} |`)
   }

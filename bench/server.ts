@@ -42,7 +42,7 @@ function payload (id: number, size: number, json = false): string {
   return head + body + ' '.repeat(Math.max(0, size - head.length - Buffer.byteLength(body)))
 }
 
-interface Command { cmd: string, count?: number, size?: number, json?: boolean, spacingMs?: number, perTurn?: number, path?: string, intervalUs?: number }
+interface Command { cmd: string, from?: number, count?: number, size?: number, json?: boolean, spacingMs?: number, perTurn?: number, path?: string, intervalUs?: number }
 
 /** The main thread's V8 CPU profiler, driven in-process so a profile covers one scenario's window only. */
 let profiler: Session | undefined
@@ -90,7 +90,8 @@ async function run (command: Command): Promise<Record<string, unknown>> {
       const histogram = monitorEventLoopDelay({ resolution: 1 })
       histogram.enable()
       const sendLoops: number[] = []
-      for (let id = 0; id < command.count!; id++) {
+      const from = command.from ?? 0
+      for (let id = from; id < from + command.count!; id++) {
         const started = performance.now()
         await contender.broadcast(payload(id, command.size!, command.json))
         sendLoops.push(performance.now() - started)
