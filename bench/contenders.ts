@@ -10,10 +10,22 @@ import websocket from '@fastify/websocket'
 import { createServer } from 'node:http'
 import { Server as SocketIoServer } from 'socket.io'
 import { WebSocketServer, type WebSocket } from 'ws'
-import stabilizer from '../lib/index.js'
+import stabilizer, { type StabilizerOptions } from '../lib/index.js'
 
 export const contenderNames = ['stabilizer', 'fastify-websocket', 'ws', 'socket.io'] as const
 export type ContenderName = (typeof contenderNames)[number]
+
+/**
+ * How a contender is configured beyond its defaults (bench/server.ts's third argument, JSON):
+ * `stabilizer` options are merged into the stabilizer's; `perMessageDeflate` is handed to the
+ * raw contenders' ws / engine.io servers (`true` or ws's options object).
+ */
+export interface ContenderSettings {
+  stabilizer?: StabilizerOptions
+  perMessageDeflate?: boolean | Record<string, unknown>
+  /** The listen backlog (Node's default is 511; a storm's burst of SYNs overflows it). */
+  backlog?: number
+}
 
 export interface Contender {
   port: number
@@ -35,13 +47,15 @@ function echo (socket: WebSocket): void {
  */
 export type BenchServerName = ContenderName | 'stabilizer-metrics'
 
-export async function startContender (name: BenchServerName): Promise<Contender> {
+export async function startContender (name: BenchServerName, settings: ContenderSettings = {}): Promise<Contender> {
+  const perMessageDeflate = settings.perMessageDeflate ?? false
+  const listen = { port: 0, host, backlog: settings.backlog }
   if (name === 'stabilizer' || name === 'stabilizer-metrics') {
     const metrics = name === 'stabilizer-metrics'
     const app = Fastify()
-    await app.register(stabilizer, { maxConnections: 100_000, statsRoute: false, metrics })
+    await app.register(stabilizer, { maxConnections: 100_000, statsRoute: false, metrics, ...settings.stabilizer })
     app.get('/ws', { websocket: true }, echo)
-    await app.listen({ port: 0, host })
+    await app.listen(listen)
     const scraper = metrics ? setInterval(() => { void app.inject('/metrics') }, 1000).unref() : undefined
     return {
       port: (app.server.address() as { port: number }).port,
@@ -55,14 +69,14 @@ export async function startContender (name: BenchServerName): Promise<Contender>
   }
   if (name === 'fastify-websocket') {
     const app = Fastify()
-    await app.register(websocket)
+    await app.register(websocket, { options: { perMessageDeflate } })
     const sockets = new Set<WebSocket>()
     app.get('/ws', { websocket: true }, (socket) => {
       sockets.add(socket)
       socket.on('close', () => sockets.delete(socket))
       echo(socket)
     })
-    await app.listen({ port: 0, host })
+    await app.listen(listen)
     return {
       port: (app.server.address() as { port: number }).port,
       connections: () => sockets.size,
@@ -71,7 +85,7 @@ export async function startContender (name: BenchServerName): Promise<Contender>
     }
   }
   if (name === 'ws') {
-    const wss = new WebSocketServer({ port: 0, host })
+    const wss = new WebSocketServer({ ...listen, perMessageDeflate })
     await new Promise((resolve) => wss.once('listening', resolve))
     wss.on('connection', (socket) => { socket.on('error', () => {}); echo(socket) })
     return {
@@ -85,9 +99,9 @@ export async function startContender (name: BenchServerName): Promise<Contender>
     }
   }
   const server = createServer()
-  const io = new SocketIoServer(server, { transports: ['websocket'], serveClient: false })
+  const io = new SocketIoServer(server, { transports: ['websocket'], serveClient: false, perMessageDeflate })
   io.on('connection', (socket) => { socket.on('e', (data: unknown) => socket.emit('e', data)) })
-  await new Promise<void>((resolve) => server.listen(0, host, resolve))
+  await new Promise<void>((resolve) => server.listen(listen, resolve))
   return {
     port: (server.address() as { port: number }).port,
     connections: () => io.engine.clientsCount,

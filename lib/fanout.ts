@@ -8,7 +8,8 @@ import type { StreamEntry } from './adapter/adapter.js'
 import type { Connection } from './connection.js'
 import type { EncodedMessage } from './message.js'
 import { binaryMessageFrame, textMessageFrame, textPayload } from './protocol.js'
-import { plainFrameTransport, wholeFrame } from './wire.js'
+import { DeflatedFrames, type SharedDeflate } from './shared-deflate.js'
+import { idleTransport, plainFrameTransport, serverWindowBits, sharedDeflateOf, wholeFrame } from './wire.js'
 
 /**
  * Honest counts of one broadcast on this instance.
@@ -46,6 +47,8 @@ export class Outbound {
   private plainBytes = -1
   private protocol: EncodedMessage | undefined = undefined
   private protocolWhole: Buffer | undefined = undefined
+  private plainDeflated: DeflatedFrames | undefined = undefined
+  private protocolDeflated: DeflatedFrames | undefined = undefined
 
   private constructor (readonly payload: Buffer, readonly binary: boolean, plain: EncodedMessage | undefined) {
     this.plainMessage = plain
@@ -72,8 +75,7 @@ export class Outbound {
 
   /** The plain message as one whole WebSocket frame. */
   get plainFrame (): Buffer {
-    const { data, binary } = this.plain
-    this.plainWhole ??= wholeFrame(typeof data === 'string' ? Buffer.from(data) : data, binary)
+    this.plainWhole ??= wholeFrame(plainBytesOf(this.plain), this.plain.binary)
     return this.plainWhole
   }
 
@@ -93,6 +95,20 @@ export class Outbound {
   get protocolWholeFrame (): Buffer {
     this.protocolWhole ??= wholeFrame(this.protocolFrame.data as Buffer, this.binary)
     return this.protocolWhole
+  }
+
+  /**
+   * The message for a socket the shared compressor serves: deflated and framed once per
+   * window size and kind (plain or `stabilizer.v1`), shared by every such recipient; under
+   * the compressor's threshold, the uncompressed whole frame (valid on a compressing connection).
+   */
+  sharedFrame (deflate: SharedDeflate, windowBits: number, protocol: boolean): Buffer {
+    const data = protocol ? this.protocolFrame.data as Buffer : plainBytesOf(this.plain)
+    if (data.length < deflate.threshold) return protocol ? this.protocolWholeFrame : this.plainFrame
+    const frames = protocol
+      ? (this.protocolDeflated ??= new DeflatedFrames(data, this.binary))
+      : (this.plainDeflated ??= new DeflatedFrames(data, this.binary))
+    return frames.frameFor(deflate, windowBits)
   }
 
   /** Bytes this message adds to a connection's outbound buffer. */
@@ -165,15 +181,27 @@ export async function fanOut (
 }
 
 /**
- * Hands one broadcast to one open recipient: a client without compression whose sender is
- * idle gets the shared whole frame written straight to its transport (one buffer, no
- * per-socket framing); any other goes through `send()`.
+ * Hands one broadcast to one open recipient whose sender is idle: a client without
+ * compression gets the shared whole frame written straight to its transport (one buffer, no
+ * per-socket framing); one that negotiated the shared compressor gets the message deflated
+ * once for all such recipients; any other goes through `send()`.
  */
 function deliver (connection: Connection, message: Outbound): boolean {
-  const transport = plainFrameTransport(connection.socket)
+  const { socket, protocol } = connection
+  const transport = plainFrameTransport(socket)
   if (transport !== undefined) {
-    transport.write(connection.protocol ? message.protocolWholeFrame : message.plainFrame)
+    transport.write(protocol ? message.protocolWholeFrame : message.plainFrame)
+    return true
+  }
+  const deflate = sharedDeflateOf(socket)
+  const idle = deflate === undefined ? undefined : idleTransport(socket)
+  if (idle !== undefined) {
+    idle.write(message.sharedFrame(deflate!, serverWindowBits(socket), protocol))
     return true
   }
   return writeTo(connection, message.frameFor(connection))
+}
+
+function plainBytesOf (message: EncodedMessage): Buffer {
+  return typeof message.data === 'string' ? Buffer.from(message.data) : message.data
 }

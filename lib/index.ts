@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { AlreadyRegisteredError, ConnectionNotFoundError, InvalidOptionError } from './errors.js'
 import { createParamLengthCheck } from './param-length.js'
+import { perMessageDeflateOf } from './compression.js'
 import { resolveOptions, type StabilizerOptions } from './options.js'
 import { registerReconnectTokenRoute, registerStatsRoute } from './routes.js'
 import { Stabilizer } from './stabilizer.js'
@@ -69,7 +70,7 @@ async function fastifyWebsocketStabilizer (fastify: FastifyInstance, rawOptions:
   }
   if (ownsWebsocket) {
     await fastify.register(websocket, {
-      options: { maxPayload: options.maxMessageSize, perMessageDeflate: options.compression, handleProtocols: selectProtocol },
+      options: { maxPayload: options.maxMessageSize, perMessageDeflate: perMessageDeflateOf(options.compression), handleProtocols: selectProtocol },
       // Replaces @fastify/websocket's default preClose, which closes every client with no code.
       preClose: async function (this: FastifyInstance) {
         await drainOnClose()
@@ -150,6 +151,7 @@ export { MemoryAdapter, MemoryHub, type MemoryAdapterOptions } from './adapter/m
 export * from './adapter/adapter.js'
 export type { StabilizerOptions, ResumeInfo, MetricsOptions, MetricsRouteOptions, MetricsBuckets, MetricsRegistry } from './options.js'
 export { defaults as optionDefaults, OptionsSchema, metricsDefaults } from './options.js'
+export type { Compression, CompressionOptions } from './compression.js'
 export type { StabilizedConnection, ConnectionState, DisconnectCause } from './connection.js'
 export type { BroadcastResult } from './fanout.js'
 export type { ShutdownReport, LifecycleState } from './shutdown.js'

@@ -4,6 +4,7 @@ import { Value } from '@sinclair/typebox/value'
 import type { FastifyRequest, RouteShorthandOptions } from 'fastify'
 import { InvalidOptionError } from './errors.js'
 import { allowedValues, belowMinimum, nearestName } from './option-messages.js'
+import { CompressionSchema, compressionConflict, type Compression } from './compression.js'
 import type { StabilizedConnection } from './connection.js'
 import type { ReplayOutcome } from './protocol.js'
 import type { StabilizerAdapter } from './adapter/adapter.js'
@@ -66,7 +67,7 @@ export const OptionsSchema = Type.Object({
   connectRatePerIp: Type.Optional(Type.Integer({ minimum: 0, description: 'Upgrades per second allowed per client IP (token bucket holding one second); further ones get HTTP 429 with Retry-After. 0 = no limit.' })),
   allowedOrigins: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Origins allowed to open a websocket (exact match, e.g. https://app.example.com); other origins get HTTP 403. Requests without an Origin header (non-browser clients) are allowed.' })),
   maxMessageSize: Type.Optional(Count('Largest inbound message in bytes (`ws` maxPayload); larger ones close the socket with 1009.')),
-  compression: Type.Optional(Type.Boolean({ description: 'Negotiate permessage-deflate.' })),
+  compression: Type.Optional(Type.Union([Type.Boolean(), CompressionSchema], { description: 'Negotiate permessage-deflate: true (ws\'s defaults, compressed per socket), or { strategy, threshold, level, memLevel, serverMaxWindowBits, serverNoContextTakeover }.' })),
   maxConcurrentBroadcast: Type.Optional(Count('Sends a broadcast performs per event-loop turn before yielding.')),
   maxConcurrentCleanup: Type.Optional(Count('Closes started per event-loop turn during shutdown and mass evictions.')),
   closeTimeout: Type.Optional(Count('How long a server-initiated close waits for the peer\'s close frame before terminate(), at least 100 ms.')),
@@ -240,7 +241,7 @@ export const defaults = {
   maxConnectionsPerIp: 0,
   connectRatePerIp: 0,
   maxMessageSize: 1_048_576,
-  compression: false,
+  compression: false as Compression,
   maxConcurrentBroadcast: 1_000,
   maxConcurrentCleanup: 1_000,
   closeTimeout: 5_000,
@@ -292,6 +293,24 @@ function describeError (name: string, message: string, schema: TSchema): string 
 const adapterMethods = ['start', 'stop', 'publish', 'subscribe', 'unsubscribe', 'top', 'read', 'claim', 'release', 'locate', 'disconnect', 'cluster', 'saveSession', 'takeSession', 'dropSession', 'redeemToken'] as const
 
 /**
+ * The object form of `compression`, checked on its own so that an error names the key
+ * (`compression.level`) instead of the union's "expected boolean or object".
+ */
+function checkCompression (compression: unknown): void {
+  if (typeof compression !== 'object' || compression === null || Array.isArray(compression)) return
+  const error = Value.Errors(CompressionSchema, compression).First()
+  if (error !== undefined) {
+    const key = error.path.replace(/^\//, '')
+    const detail = error.message === 'Unexpected property'
+      ? 'unknown option (known: strategy, threshold, level, memLevel, serverMaxWindowBits, serverNoContextTakeover)'
+      : `${error.message}${typeof error.schema.description === 'string' ? ` (${error.schema.description})` : ''}`
+    throw new InvalidOptionError(key === '' ? 'compression' : `compression.${key}`, detail)
+  }
+  const conflict = compressionConflict(compression as Static<typeof CompressionSchema>)
+  if (conflict !== undefined) throw new InvalidOptionError(`compression.${conflict[0]}`, conflict[1])
+}
+
+/**
  * Validates `input` against the schema and fills in defaults.
  * @throws InvalidOptionError naming the first offending option.
  */
@@ -300,6 +319,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   // An object `metrics` is checked on its own: a union's error would not say which key is wrong.
   const metrics = (options as { metrics?: unknown }).metrics
   if (typeof metrics === 'object' && metrics !== null) assertValid(MetricsOptionsSchema, metrics, 'metrics.')
+  checkCompression((options as { compression?: unknown }).compression)
   const error = Value.Errors(OptionsSchema, options).First()
   if (error !== undefined) {
     const name = error.path.replace(/^\//, '').replace(/\//g, '.') || '(options)'

@@ -1,6 +1,7 @@
 /** All knowledge of `ws` internals: shared frames written straight to idle transports, pongs read off the socket, ws's error close codes. */
 import type { Duplex } from 'node:stream'
 import { WebSocket } from 'ws'
+import type { SharedDeflate } from './shared-deflate.js'
 
 /**
  * A broadcast framed once: the whole unmasked data frame a server sends (RFC 6455 §5.2: FIN,
@@ -63,6 +64,51 @@ export function plainFrameTransport (socket: WebSocket): Duplex | undefined {
   const extensions = (socket as unknown as { _sender?: SenderInternals })._sender?._extensions
   if (extensions === undefined || 'permessage-deflate' in extensions) return undefined
   return idleTransport(socket)
+}
+
+const kSharedDeflate = Symbol('fastify-websocket-stabilizer.shared-deflate')
+
+/** What the shared compressor relies on of a socket's `ws` PerMessageDeflate (ws 8, lib/permessage-deflate.js). */
+interface PerMessageDeflateInternals {
+  /** The server's perMessageDeflate options, copied for every socket (`{ ...options, isServer, maxPayload }`). */
+  _options?: { [kSharedDeflate]?: SharedDeflate }
+  _isServer?: boolean
+  /** The parameters agreed with the client. */
+  params?: { server_no_context_takeover?: boolean, server_max_window_bits?: number } | null
+}
+
+/**
+ * ws's perMessageDeflate options carrying the shared compressor. ws copies these options into
+ * each socket's PerMessageDeflate, so a socket names the compressor of the server that
+ * negotiated it: no lookup by server, and a socket of another server is never served by it.
+ */
+export function withSharedDeflate<T extends object> (perMessageDeflate: T, deflate: SharedDeflate): T {
+  return { ...perMessageDeflate, [kSharedDeflate]: deflate }
+}
+
+function negotiatedDeflate (socket: WebSocket): PerMessageDeflateInternals | undefined {
+  return (socket as unknown as { _sender?: SenderInternals })._sender?._extensions?.['permessage-deflate'] as PerMessageDeflateInternals | undefined
+}
+
+/**
+ * The shared compressor serving a socket, or undefined when its messages must go through
+ * `send()`: it did not negotiate permessage-deflate with a server using the shared strategy,
+ * or without server_no_context_takeover (a message would then depend on the ones before it),
+ * or with a window zlib cannot make raw streams for (8 bits). These fields are `ws` internals
+ * (stable through ws 8); if they change, this returns undefined and every broadcast is
+ * compressed by ws per socket: slower, still correct. test/wire.test.ts fails if the
+ * installed `ws` no longer lets the shared compressor serve a socket.
+ */
+export function sharedDeflateOf (socket: WebSocket): SharedDeflate | undefined {
+  const negotiated = negotiatedDeflate(socket)
+  const deflate = negotiated?._options?.[kSharedDeflate]
+  if (deflate === undefined || negotiated!._isServer !== true || negotiated!.params?.server_no_context_takeover !== true) return undefined
+  return serverWindowBits(socket) >= 9 ? deflate : undefined
+}
+
+/** The server window (LZ77 window bits, 8–15) a socket negotiated; 15 when the client did not limit it. */
+export function serverWindowBits (socket: WebSocket): number {
+  return negotiatedDeflate(socket)?.params?.server_max_window_bits ?? 15
 }
 
 /** An empty ping, as a server sends it (FIN, opcode 0x9, no payload). */

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { once } from 'node:events'
 import { createRequire } from 'node:module'
-import { idleTransport, plainFrameTransport, sendEmptyPing, takePongs, wholeFrame } from '../lib/wire.js'
+import { idleTransport, plainFrameTransport, sendEmptyPing, serverWindowBits, sharedDeflateOf, takePongs, wholeFrame } from '../lib/wire.js'
 import { clientFrame, openRawPeer } from './fixtures/raw-peer.js'
 import { startPythonClient } from './fixtures/python-peer.js'
 import { requirePrerequisites } from './fixtures/requires.js'
@@ -76,6 +76,33 @@ void t.test('with permessage-deflate negotiated, a broadcast is still compressed
   t.equal(String((await received)[0]), big)
   const onTheWire = transport.bytesRead - before
   t.ok(onTheWire < big.length / 10, `${onTheWire} bytes on the wire for a ${big.length}-byte message`)
+})
+
+void t.test('the installed ws lets the shared compressor serve a socket, and its own deflater stays unused by broadcasts', async (t) => {
+  const app = await buildApp({ compression: { strategy: 'shared' }, heartbeatInterval: 0 })
+  t.teardown(async () => await app.close())
+  const url = await listen(app)
+  const ws = await openClient(`${url}/ws/c0`, { perMessageDeflate: { serverMaxWindowBits: 12 } })
+  const other = await openClient(`${url}/ws/c1`, { perMessageDeflate: false })
+  t.teardown(() => { ws.terminate(); other.terminate() })
+  await waitFor(() => app.stabilizer.getConnectionCount() === 2)
+  const socket = app.stabilizer.getConnection('c0')!.socket
+  t.ok(sharedDeflateOf(socket), 'a socket that negotiated compression with the shared strategy names its compressor (if this fails, ws changed the internals lib/wire.ts relies on)')
+  t.equal(serverWindowBits(socket), 12, 'and the window it agreed')
+  t.equal(sharedDeflateOf(app.stabilizer.getConnection('c1')!.socket), undefined, 'not a socket without compression')
+  const big = 'shared '.repeat(2_000)
+  const received = once(ws, 'message') as Promise<[Buffer]>
+  t.equal((await app.stabilizer.broadcast(big)).sent, 2)
+  t.equal(String((await received)[0]), big)
+  const perSocket = (socket as unknown as { _sender: { _extensions: Record<string, { _deflate: unknown }> } })._sender._extensions['permessage-deflate']
+  t.equal(perSocket._deflate, null, 'ws never created its per-socket deflate stream for the broadcast')
+  await app.stabilizer.sendToClient('c0', big)
+  t.not(perSocket._deflate, null, 'a direct send still takes ws\'s per-socket path')
+})
+
+void t.test('per-socket compression (compression: true) is not served by the shared compressor', async (t) => {
+  const { app } = await compressingClient(t)
+  t.equal(sharedDeflateOf(app.stabilizer.getConnection('c0')!.socket), undefined)
 })
 
 void t.test('broadcasts of every header length reach a ws client intact, text and binary', async (t) => {
