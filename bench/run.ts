@@ -20,10 +20,13 @@ const sizes = quick
   ? { memory: [200], fanout: [100], throughput: [100], storm: 200, echoLoad: 50 }
   : { memory: [5_000, 10_000], fanout: [1_000, 5_000], throughput: [1_000, 5_000], storm: 5_000, echoLoad: 1_000 }
 
+/** A listen backlog above a storm's size for every contender, so the storm measures handshakes, not SYN retries. */
+const listenSettings = JSON.stringify({ backlog: 4096 })
+
 interface Stack { server: JsonProcess, clients: JsonProcess[], connectMs: number, failures: number }
 
 async function startStack (contender: ContenderName, connections: number): Promise<Stack> {
-  const server = spawnJson(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/server.ts', contender])
+  const server = spawnJson(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/server.ts', contender, listenSettings])
   const { port } = await server.next() as { port: number }
   const path = contender === 'socket.io' ? '' : '/ws'
   const url = `${contender === 'socket.io' ? 'http' : 'ws'}://127.0.0.1:${port}${path}`
@@ -88,7 +91,7 @@ function table (title: string, results: Map<ContenderName, Array<Record<string, 
 
 async function memory (connections: number): Promise<void> {
   const results = await interleaved(async (contender) => {
-    const server = spawnJson(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/server.ts', contender])
+    const server = spawnJson(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/server.ts', contender, listenSettings])
     await server.next() // listening
     const before = await server.ask({ cmd: 'memory' }) as { rss: number, heapUsed: number }
     await server.stop()
