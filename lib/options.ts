@@ -203,7 +203,7 @@ export interface StabilizerOptions extends Omit<SchemaOptions, 'identify' | 'onC
   /**
    * Resolves the client id of an upgrade request before the upgrade. Sync or async. Throw an
    * error with `statusCode` 401 or 403 to refuse. Default: the `clientId` route param when
-   * the route has one, else a random UUID.
+   * the route has one, else a random id (22 URL-safe characters).
    */
   identify?: (request: FastifyRequest) => string | Promise<string>
   /** Called after a connection is registered, before the route handler runs. Errors are logged. */

@@ -1,5 +1,5 @@
 /** The upgrade path: admission before the handshake (limits, identity, tokens) and registration right after it. */
-import { randomUUID } from 'node:crypto'
+import { randomFillSync } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
@@ -64,13 +64,23 @@ export function defaultIdentify (request: FastifyRequest, tokenClientId?: string
   return typeof clientId === 'string' ? clientId : tokenClientId ?? randomId()
 }
 
+/** Random bytes for default ids, refilled once per `idsPerPool` ids. */
+const idsPerPool = 256
+const idPool = Buffer.allocUnsafe(16 * idsPerPool)
+let idsLeft = 0
+
 /**
- * A random UUID as one flat string. Node builds `randomUUID()` by concatenating ~20 pieces,
- * and V8 keeps such a string as a tree of cons-string nodes for as long as it lives: 14 nodes,
- * 448 bytes per connection in a heap snapshot, where the flat copy takes 56.
+ * A random id: 128 random bits as 22 URL-safe characters. One native call makes it a flat
+ * string (a `randomUUID()` is built from ~20 pieces that V8 keeps as a tree), and the bytes
+ * come from a pool filled 256 ids at a time.
  */
 function randomId (): string {
-  return Buffer.from(randomUUID(), 'latin1').toString('latin1')
+  if (idsLeft === 0) {
+    randomFillSync(idPool)
+    idsLeft = idsPerPool
+  }
+  const at = 16 * --idsLeft
+  return idPool.toString('base64url', at, at + 16)
 }
 
 /** The metadata of every auto-registered connection: none, shared instead of one `{}` each. */
