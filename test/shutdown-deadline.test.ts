@@ -5,7 +5,7 @@ import { buildApp, closeOf, listen, openClient, waitFor } from './fixtures/serve
 import { frozenPeer, killProcess } from './fixtures/processes.js'
 
 // Alone in its file so that the resource snapshot sees only this test's app.
-void t.test('app.close() resolves within the deadline + 200 ms with a SIGSTOPped peer; twice is safe; nothing is left behind', async (t) => {
+void t.test('app.close() resolves within the deadline + 500 ms with a SIGSTOPped peer; twice is safe; nothing is left behind', async (t) => {
   const resourcesBefore = process.getActiveResourcesInfo().filter((r) => r !== 'FSReqCallback')
   const deadline = 1000
   const app = await buildApp({ shutdownTimeout: deadline })
@@ -18,7 +18,8 @@ void t.test('app.close() resolves within the deadline + 200 ms with a SIGSTOPped
   const started = performance.now()
   await Promise.all([app.close(), app.close()])
   const elapsed = performance.now() - started
-  t.ok(elapsed < deadline + 200, `closed in ${Math.round(elapsed)} ms (deadline ${deadline} ms)`)
+  // A bound, not a speed: a drain that hung would never resolve. Loaded CI machines need the slack.
+  t.ok(elapsed < deadline + 500, `closed in ${Math.round(elapsed)} ms (deadline ${deadline} ms)`)
   t.ok(elapsed >= deadline - 50, 'waited for the frozen peer until the deadline')
   const report = await app.stabilizer.gracefulShutdown()
   t.match(report, { total: 51, closedGracefully: 50, terminated: 1 })
