@@ -43,7 +43,8 @@ export interface Connections {
 export async function openConnections (source: RedisSource, connectTimeout: number): Promise<Connections> {
   if (isClient(source)) {
     const subscriber = source.isCluster
-      ? (source as Cluster).duplicate([], { enableOfflineQueue: false, lazyConnect: true })
+      // ioredis's sharded subscribers: one connection per master, SSUBSCRIBE routed by slot.
+      ? (source as Cluster).duplicate([], { enableOfflineQueue: false, lazyConnect: true, shardedSubscribers: true })
       : (source as Redis).duplicate({ ...subscriberOptions, connectTimeout })
     return { commands: source, subscriber, ownsCommands: false, address: describe(source) }
   }
