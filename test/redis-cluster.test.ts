@@ -1,7 +1,8 @@
 import t from 'tap'
 import { Cluster } from 'ioredis'
 import { redisAdapter, type RedisAdapterOptions } from '../lib/adapter/redis.js'
-import { adapterContract, type AdapterFactory } from './fixtures/adapter-contract.js'
+import { partitionCount, partitionOf, partitionTags, slotCount, slotOf, streamTag } from '../lib/adapter/redis-partitions.js'
+import { adapterContract, startInstances, text, until, type AdapterFactory, type Instance } from './fixtures/adapter-contract.js'
 import { clusterScenarios } from './fixtures/cluster-scenarios.js'
 import { startRedisCluster } from './fixtures/redis-cluster.js'
 
@@ -42,4 +43,144 @@ void t.test('the multi-instance scenarios, on a 3-master Redis Cluster', async (
     const keyPrefix = `apps${process.pid}-${apps++}:`
     return () => redisAdapter({ redis: clusterClient(), keyPrefix, instanceTtl: 1500 })
   })
+})
+
+/** How a call ended; fails the test if it has not ended after `ms` (a hang guard, not a timing assertion). */
+async function settled (promise: Promise<unknown>, what: string, ms = 8000): Promise<{ ok: boolean, error?: unknown }> {
+  let timer: NodeJS.Timeout | undefined
+  const hung = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`${what} hung`)) }, ms) })
+  try {
+    return await Promise.race([promise.then(() => ({ ok: true }), (error: unknown) => ({ ok: false, error })), hung])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+function seqsOf (instance: Instance, stream: string): number[] {
+  return instance.delivered.filter((e) => e.stream === stream).map((e) => e.seq)
+}
+
+function range (from: number, to: number): number[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => from + i)
+}
+
+void t.test('partitions: each tag in its share of the slots, spread evenly over the masters', async (t) => {
+  t.equal(partitionTags.length, partitionCount)
+  const perMaster = new Map<number, number>()
+  for (const [partition, tag] of partitionTags.entries()) {
+    const slot = slotOf(tag)
+    t.ok(slot >= partition * slotCount / partitionCount && slot < (partition + 1) * slotCount / partitionCount, `partition ${partition} (${tag}) at slot ${slot}`)
+    const master = await cluster.masterOf(slot)
+    perMaster.set(master.port, (perMaster.get(master.port) ?? 0) + 1)
+  }
+  const counts = [...perMaster.values()]
+  t.equal(counts.length, 3, 'every master serves partitions')
+  t.ok(Math.max(...counts) - Math.min(...counts) <= 1, `as evenly as 16 over 3 can be (${counts.join(', ')})`)
+  // Redis's own CLUSTER KEYSLOT agrees with the slots computed here.
+  t.equal(Number(await cluster.cli(cluster.nodes[0].port, 'CLUSTER', 'KEYSLOT', `{${partitionTags[5]}}x`)), slotOf(partitionTags[5]))
+  const streams = Array.from({ length: 1600 }, (_, i) => `g:room-${i}`)
+  const perPartition = new Array<number>(partitionCount).fill(0)
+  for (const stream of streams) perPartition[partitionOf(stream)]++
+  t.ok(Math.min(...perPartition) > 50, `streams spread over the partitions (${perPartition.join(', ')})`)
+})
+
+void t.test('publishing uses sharded pub/sub only (SPUBLISH, never PUBLISH)', async (t) => {
+  const stat = async (name: string): Promise<number> => {
+    let calls = 0
+    for (const node of cluster.nodes.filter((n) => n.alive)) {
+      const info = await cluster.cli(node.port, 'INFO', 'commandstats')
+      const match = new RegExp(`cmdstat_${name}:calls=(\\d+)`).exec(info)
+      if (match !== null) calls += Number(match[1])
+    }
+    return calls
+  }
+  const [a, b] = await startInstances(t, factory())
+  b.adapter.subscribe('g:sharded')
+  await b.adapter.top('g:sharded')
+  const before = { spublish: await stat('spublish'), publish: await stat('publish') }
+  for (let i = 0; i < 10; i++) await a.adapter.publish('g:sharded', text(`s${i}`))
+  await until(() => seqsOf(b, 'g:sharded').length === 10, 'b to get 10')
+  t.ok(await stat('spublish') - before.spublish >= 10, 'SPUBLISH for each message')
+  t.equal(await stat('publish') - before.publish, 0, 'no classic PUBLISH (it would reach every shard)')
+})
+
+void t.test('a slot migration: the subscription comes back and nothing is missed', async (t) => {
+  const [a, b] = await startInstances(t, factory({ positionCheckInterval: 600_000 }))
+  const stream = 'g:migrating'
+  b.adapter.subscribe(stream)
+  await b.adapter.top(stream)
+  await a.adapter.publish(stream, text('before'))
+  await until(() => seqsOf(b, stream).length === 1, 'the first entry')
+  const slot = slotOf(streamTag(stream))
+  const from = await cluster.masterOf(slot)
+  const to = cluster.nodes.slice(0, 3).find((node) => node.alive && node.port !== from.port)!
+  await cluster.moveSlot(slot, to.port)
+  t.equal((await cluster.masterOf(slot)).port, to.port, 'the slot moved to another master')
+  for (let i = 0; i < 5; i++) {
+    const outcome = await settled(a.adapter.publish(stream, text(`after${i}`)), 'a publish after the migration')
+    t.ok(outcome.ok, `publish ${i} after the migration succeeds`)
+  }
+  await until(() => seqsOf(b, stream).length === 6, 'b to get every entry after the migration', 20_000)
+  t.same(seqsOf(b, stream), range(1, 6), 'in order, once each')
+  // Live notifications again, not only reads of the log: a later entry arrives on its own.
+  await a.adapter.publish(stream, text('live'))
+  await until(() => seqsOf(b, stream).length === 7, 'a live entry after the migration', 20_000)
+  t.same(b.delivered.map((e) => JSON.parse(String(e.payload)) as string), ['before', ...range(0, 4).map((i) => `after${i}`), 'live'])
+})
+
+// Last: it kills a master (its replica takes over), so the cluster has one node less after it.
+void t.test('a master killed mid-traffic: nothing hangs, its replica takes over, delivery resumes', async (t) => {
+  const [a, b] = await startInstances(t, factory({ commandTimeout: 500 }))
+  const stream = 'g:failover'
+  const other = 'g:elsewhere'
+  const slot = slotOf(streamTag(stream))
+  let otherStream = other
+  for (let i = 0; (await cluster.masterOf(slotOf(streamTag(otherStream)))).port === (await cluster.masterOf(slot)).port; i++) otherStream = `${other}-${i}`
+  for (const name of [stream, otherStream]) {
+    b.adapter.subscribe(name)
+    await b.adapter.top(name)
+  }
+  const failures: unknown[] = []
+  const traffic = { running: true }
+  let published = 0
+  const flowing = (async () => {
+    for (let i = 0; traffic.running; i++) {
+      const outcome = await settled(a.adapter.publish(stream, text(`t${i}`)), 'a publish during the failover')
+      if (outcome.ok) published++
+      else {
+        failures.push(outcome.error)
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+    }
+  })()
+  await until(() => seqsOf(b, stream).length >= 5, 'traffic to flow')
+  const before = await a.adapter.top(stream)
+  const victim = await cluster.masterOf(slot)
+  await cluster.kill(victim)
+  await until(() => failures.length > 0, 'a publish to fail while the master is gone')
+  // The other masters keep serving their partitions meanwhile.
+  const elsewhere = await settled(a.adapter.publish(otherStream, text('on another master')), 'a publish to another master')
+  t.ok(elsewhere.ok, 'a stream on another master is published to during the failover')
+  await cluster.waitHealthy()
+  const promoted = await cluster.masterOf(slot)
+  t.not(promoted.port, victim.port, `the replica (${promoted.port}) took over the slot`)
+  const seenBefore = published
+  await until(() => published >= seenBefore + 5, 'publishes to succeed again', 20_000)
+  traffic.running = false
+  await flowing
+  t.ok(failures.every((err) => err instanceof Error), 'failed publishes rejected with an error')
+  const last = await a.adapter.top(stream)
+  await until(() => seqsOf(b, stream).at(-1) === last.seq, 'b to deliver up to the top', 20_000)
+  const entries = b.delivered.filter((e) => e.stream === stream)
+  const epochs = [...new Set(entries.map((e) => e.epoch))]
+  t.ok(epochs.every((epoch) => {
+    const seqs = entries.filter((e) => e.epoch === epoch).map((e) => e.seq)
+    return seqs.every((seq, i) => i === 0 || seq > seqs[i - 1])
+  }), `b delivered each epoch in order, never twice (${epochs.length} epoch(s))`)
+  t.ok(entries.length >= published * 0.5, `b delivered what was published (${entries.length} of ${published})`)
+  await until(() => seqsOf(b, otherStream).length === 1, 'the other stream too')
+  // A reader whose position is from before the kill is told exactly: continued (0 missed), or lost (-1).
+  const read = await b.adapter.read(stream, before, 1000)
+  t.ok(read.missed === 0 || read.missed === -1, `a position from before the failover reads honestly (missed ${read.missed})`)
+  if (read.missed === 0) t.equal(read.entries[0]?.seq, before.seq + 1, 'and continues right after it')
 })
