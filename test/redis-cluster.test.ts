@@ -128,10 +128,50 @@ void t.test('a slot migration: the subscription comes back and nothing is missed
   t.same(b.delivered.map((e) => JSON.parse(String(e.payload)) as string), ['before', ...range(0, 4).map((i) => `after${i}`), 'live'])
 })
 
-// Last: it kills a master (its replica takes over), so the cluster has one node less after it.
+/** A stream whose master still has a live replica (the failover tests kill masters). */
+async function streamWithReplica (name: string): Promise<string> {
+  for (let i = 0; ; i++) {
+    const stream = `${name}-${i}`
+    const master = await cluster.masterOf(slotOf(streamTag(stream)))
+    const replica = await cluster.replicaOf(master).catch(() => undefined)
+    if (replica?.alive === true) return stream
+  }
+}
+
+// The failover tests come last: each kills a master (its replica takes over).
+void t.test('a failover to a replica that lagged: lost entries are reported, re-issued positions delivered', async (t) => {
+  const [a, b] = await startInstances(t, factory({ commandTimeout: 500 }))
+  const stream = await streamWithReplica('g:lagging')
+  b.adapter.subscribe(stream)
+  await b.adapter.top(stream)
+  for (let i = 1; i <= 3; i++) await a.adapter.publish(stream, text(`kept${i}`))
+  const master = await cluster.masterOf(slotOf(streamTag(stream)))
+  const replica = await cluster.replicaOf(master)
+  await until(async () => (await cluster.cli(master.port, 'INFO', 'replication')).includes(`port=${replica.port},state=online`), 'the replica to be in sync')
+  await until(() => seqsOf(b, stream).length === 3, 'b to get the first 3')
+  // The replica stops receiving; three more entries reach only the master, then it dies.
+  cluster.freeze(replica, true)
+  // Cut its link too: what the master had sent would otherwise wait in the socket buffers.
+  await cluster.cli(master.port, 'CLIENT', 'KILL', 'TYPE', 'replica')
+  for (let i = 4; i <= 6; i++) await a.adapter.publish(stream, text(`lost${i}`))
+  await until(() => seqsOf(b, stream).length === 6, 'b to get all 6 live')
+  const position = await b.adapter.top(stream)
+  await cluster.kill(master)
+  cluster.freeze(replica, false)
+  await cluster.waitHealthy()
+  t.equal((await cluster.masterOf(slotOf(streamTag(stream)))).port, replica.port, 'the lagging replica took over')
+  const read = await b.adapter.read(stream, position, 100)
+  t.equal(read.missed, -1, 'a reader at seq 6 is told its history was lost (the stream went back to 3)')
+  t.equal(read.top.seq, 3, 'the new master has the first 3 only')
+  for (let i = 4; i <= 6; i++) await a.adapter.publish(stream, text(`new${i}`))
+  await until(() => b.delivered.filter((e) => e.stream === stream).length === 9, 'b to deliver the re-issued positions').catch((err) => { throw new Error(`${String(err)}: ${JSON.stringify(b.delivered.filter((e) => e.stream === stream).map((e) => [e.seq, e.ts, String(e.payload)]))}`) })
+  t.same(b.delivered.filter((e) => e.stream === stream).map((e) => JSON.parse(String(e.payload)) as string),
+    ['kept1', 'kept2', 'kept3', 'lost4', 'lost5', 'lost6', 'new4', 'new5', 'new6'], 'the messages published after the failover are not mistaken for ones already delivered')
+})
+
 void t.test('a master killed mid-traffic: nothing hangs, its replica takes over, delivery resumes', async (t) => {
   const [a, b] = await startInstances(t, factory({ commandTimeout: 500 }))
-  const stream = 'g:failover'
+  const stream = await streamWithReplica('g:failover')
   const other = 'g:elsewhere'
   const slot = slotOf(streamTag(stream))
   let otherStream = other

@@ -40,7 +40,7 @@ import {
   takeSessionScript,
   type Script
 } from './redis-scripts.js'
-import { entryOf, StreamSubscriptions } from './redis-streams.js'
+import { entryOf, lookbackAfterReconnect, StreamSubscriptions } from './redis-streams.js'
 import { partitionOf, partitionTags, slotOf, streamTag } from './redis-partitions.js'
 
 export interface RedisAdapterOptions {
@@ -306,7 +306,7 @@ class RedisAdapter implements StabilizerAdapter {
       // ioredis resubscribed its sharded subscribers after a topology change (a failover, a
       // slot migration): read what the subscriptions missed meanwhile.
       this.#on(client, 'subscribersReady', () => {
-        if (this.#stopping === undefined && this.#timers.length > 0) this.#streams?.check().catch(() => {})
+        if (this.#stopping === undefined && this.#timers.length > 0) this.#streams?.check(lookbackAfterReconnect).catch(() => {})
       })
       this.#on(client, 'ready', () => {
         if (this.#stopping === undefined && this.#timers.length > 0) {
@@ -372,7 +372,7 @@ class RedisAdapter implements StabilizerAdapter {
     const channels = [...this.#streams!.channels(), ...this.#probeChannels()].filter((channel) => slotOf(tagOf(channel)) === slot)
     await this.#unsubscribe(channels).catch(() => {})
     await this.#subscribe(channels)
-    await this.#streams!.check()
+    await this.#streams!.check(lookbackAfterReconnect)
   }
 
   #receive (channel: string, message: Buffer): void {
