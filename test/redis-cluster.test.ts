@@ -5,6 +5,8 @@ import { partitionCount, partitionOf, partitionTags, slotCount, slotOf, streamTa
 import { adapterContract, startInstances, text, until, type AdapterFactory, type Instance } from './fixtures/adapter-contract.js'
 import { clusterScenarios } from './fixtures/cluster-scenarios.js'
 import { startRedisCluster } from './fixtures/redis-cluster.js'
+import { buildApp, listen, waitFor, type TestApp } from './fixtures/server.js'
+import { ProtocolPeer } from './fixtures/protocol-peer.js'
 
 // The Redis adapter on a 3-master Redis Cluster (one replica each, for the failover), with
 // sharded pub/sub: the same contract and the same multi-instance scenarios as on one Redis.
@@ -167,6 +169,51 @@ void t.test('a failover to a replica that lagged: lost entries are reported, re-
   await until(() => b.delivered.filter((e) => e.stream === stream).length === 9, 'b to deliver the re-issued positions').catch((err) => { throw new Error(`${String(err)}: ${JSON.stringify(b.delivered.filter((e) => e.stream === stream).map((e) => [e.seq, e.ts, String(e.payload)]))}`) })
   t.same(b.delivered.filter((e) => e.stream === stream).map((e) => JSON.parse(String(e.payload)) as string),
     ['kept1', 'kept2', 'kept3', 'lost4', 'lost5', 'lost6', 'new4', 'new5', 'new6'], 'the messages published after the failover are not mistaken for ones already delivered')
+})
+
+void t.test('the plugin on a lossy failover: the resuming client is told its history was lost, then served', async (t) => {
+  const keyPrefix = `lossy${process.pid}:`
+  const apps: TestApp[] = []
+  const urls: string[] = []
+  for (let i = 0; i < 2; i++) {
+    const app = await buildApp({ secrets: ['s'.repeat(32) + '-cluster-failover'], adapter: redisAdapter({ redis: clusterClient(), keyPrefix, instanceTtl: 1500, commandTimeout: 500 }) })
+    apps.push(app)
+    urls.push(await listen(app))
+  }
+  t.teardown(async () => { for (const app of apps) await app.close() })
+  const [a, b] = apps
+  const stream = await streamWithReplica('g:desk')
+  const group = stream.slice(2)
+  const first = await ProtocolPeer.open(`${urls[0]}/ws/ivy`)
+  a.stabilizer.join('ivy', group)
+  await first.until(() => first.positions[stream] !== undefined)
+  for (let i = 1; i <= 3; i++) await b.stabilizer.broadcast(`kept${i}`, { group })
+  const master = await cluster.masterOf(slotOf(streamTag(stream)))
+  const replica = await cluster.replicaOf(master)
+  await until(async () => (await cluster.cli(master.port, 'INFO', 'replication')).includes(`port=${replica.port},state=online`), 'the replica to be in sync')
+  cluster.freeze(replica, true)
+  await cluster.cli(master.port, 'CLIENT', 'KILL', 'TYPE', 'replica')
+  for (let i = 4; i <= 6; i++) await b.stabilizer.broadcast(`lost${i}`, { group })
+  await first.until(() => first.messagesOf(stream).length === 6)
+  first.socket.terminate()
+  await waitFor(() => a.stabilizer.getConnectionCount() === 0)
+  await cluster.kill(master)
+  // While the shard is away a broadcast settles (it is not queued for later).
+  const during = await settled(b.stabilizer.broadcast('during', { group }), 'a broadcast while the shard is away')
+  t.ok(during.ok, 'the broadcast settled with a result')
+  cluster.freeze(replica, false)
+  await cluster.waitHealthy()
+  const second = await ProtocolPeer.open(`${urls[1]}/ws/ivy`, { token: first.welcome!.token!, positions: first.positionsNow() })
+  t.match(second.welcome!.resume, { outcome: 'partial', historyLost: true }, 'told that history was lost, not given a silent gap')
+  if (second.welcome!.resume?.stateRestored === true) t.ok(b.stabilizer.getGroups('ivy').includes(group), 'its session came back with its group')
+  else b.stabilizer.join('ivy', group) // its session's keys lived on the killed master too
+  // Until the subscriptions are back on the new master, a broadcast may reach only the local clients.
+  for (let i = 0; !second.texts.includes('after'); i++) {
+    if (i === 100) throw new Error('no broadcast after the failover reached the resumed client')
+    await a.stabilizer.broadcast('after', { group })
+    await new Promise((resolve) => setTimeout(resolve, 200))
+  }
+  t.pass('delivery resumed')
 })
 
 void t.test('a master killed mid-traffic: nothing hangs, its replica takes over, delivery resumes', async (t) => {

@@ -389,8 +389,10 @@ class RedisAdapter implements StabilizerAdapter {
     if (control.t === 'p') {
       const probe = this.#probes[control.i ?? 0]
       if (probe !== undefined) probe.seen = Math.max(probe.seen, control.n)
-    } else if (control.t === 'r') handlers.replaced(control.c)
-    else if (control.t === 'd') handlers.disconnect(control.c, control.code, control.reason)
+    } else if (control.t === 'r') {
+      this.#held.delete(control.c) // told once: the presence refresh must not tell it again
+      handlers.replaced(control.c)
+    } else if (control.t === 'd') handlers.disconnect(control.c, control.code, control.reason)
   }
 
   /** Announces this instance, learns the others, and checks that the subscription still hears. */
@@ -450,6 +452,13 @@ class RedisAdapter implements StabilizerAdapter {
     await Promise.all([...this.#held].map(async ([clientId, saved]) => {
       const keys = [this.#owner(clientId), this.#session(clientId)]
       const state = await this.#script(scripts.refresh, keys, [instanceId, presenceTtl, limits.retentionMs, saved === undefined ? '0' : '1'])
+      // Another instance claimed the client and its notice never arrived (published while this
+      // instance's subscription was away): the connection here is the older one.
+      if (Number(state) === 0 && this.#held.has(clientId)) {
+        this.#held.delete(clientId)
+        this.#ctx.handlers.replaced(clientId)
+        return
+      }
       if (Number(state) === 2 && saved !== undefined && this.#held.get(clientId) === saved) {
         await this.#call(async (client) => await client.set(keys[1], saved, 'PX', limits.retentionMs, 'NX'))
       }
