@@ -47,6 +47,28 @@ void t.test('the multi-instance scenarios, on a 3-master Redis Cluster', async (
   })
 })
 
+void t.test('cluster options: the adapter makes its own Cluster connections and closes them', async (t) => {
+  const keyPrefix = `opts${process.pid}:`
+  const [a, b] = await startInstances(t, async () => ({
+    adapters: [0, 1].map(() => redisAdapter({ redis: { cluster: cluster.startupNodes, options: { redisOptions: { connectionName: 'fws-test' } } }, keyPrefix, instanceTtl: 1500 }))
+  }))
+  b.adapter.subscribe('g:own')
+  await b.adapter.top('g:own')
+  await a.adapter.publish('g:own', text('through its own Cluster client'))
+  await until(() => seqsOf(b, 'g:own').length === 1, 'b to get it')
+  await until(() => a.adapter.cluster()?.instances === 2, 'both instances to see each other')
+  t.same(a.adapter.cluster(), { instances: 2, connections: 0 })
+  await a.adapter.stop()
+  await b.adapter.stop()
+  const named = async (): Promise<number> => {
+    let count = 0
+    for (const node of cluster.nodes.filter((n) => n.alive)) count += (await cluster.cli(node.port, 'CLIENT', 'LIST')).split('\n').filter((line) => line.includes('name=fws-test')).length
+    return count
+  }
+  await until(async () => await named() === 0, 'every connection the adapters made to be closed')
+  t.equal(await named(), 0, 'stop() closed the connections it made')
+})
+
 /** How a call ended; fails the test if it has not ended after `ms` (a hang guard, not a timing assertion). */
 async function settled (promise: Promise<unknown>, what: string, ms = 8000): Promise<{ ok: boolean, error?: unknown }> {
   let timer: NodeJS.Timeout | undefined

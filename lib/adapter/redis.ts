@@ -46,8 +46,9 @@ import { partitionOf, partitionTags, slotOf, streamTag } from './redis-partition
 export interface RedisAdapterOptions {
   /**
    * Where Redis is: a `redis://` or `rediss://` URL (user, password and db in it), ioredis
-   * options, or your own ioredis `Redis` or `Cluster` client (used as it is for commands and
-   * left open by `stop()`; the adapter duplicates it for its subscriptions).
+   * options, a Redis Cluster as `{ cluster: startupNodes, options?: ClusterOptions }`, or your
+   * own ioredis `Redis` or `Cluster` client (used as it is for commands and left open by
+   * `stop()`; the adapter duplicates it for its subscriptions).
    */
   redis: RedisSource
   /** Prefix of every key and channel, so that several clusters can share one Redis. Default `'fws:'`. */
@@ -619,7 +620,7 @@ class RedisAdapter implements StabilizerAdapter {
   }
 }
 
-export type { RedisSource } from './redis-connection.js'
+export type { RedisClusterSource, RedisSource } from './redis-connection.js'
 
 /** The hash tag of a key or channel (what is between its first braces). */
 function tagOf (name: string): string {
