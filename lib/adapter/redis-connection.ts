@@ -2,13 +2,23 @@
  * The Redis adapter's connections: the command client (the user's own, or one made from a
  * URL or options), its duplicate for subscriptions, readiness, and the deadline on every call.
  */
-import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis'
+import type { Cluster, ClusterNode, ClusterOptions, Redis, RedisOptions } from 'ioredis'
 import { AdapterUnavailableError } from '../errors.js'
 
 export type RedisClient = Redis | Cluster
 
+/** A Redis Cluster for the adapter to connect to itself: its startup nodes and ioredis cluster options. */
+export interface RedisClusterSource {
+  cluster: ClusterNode[]
+  options?: ClusterOptions
+}
+
 /** What `redisAdapter({ redis })` accepts. */
-export type RedisSource = string | RedisOptions | RedisClient
+export type RedisSource = string | RedisOptions | RedisClient | RedisClusterSource
+
+function isClusterSource (source: RedisSource): source is RedisClusterSource {
+  return typeof source === 'object' && source !== null && Array.isArray((source as RedisClusterSource).cluster)
+}
 
 export function isClient (source: RedisSource): source is RedisClient {
   return typeof source === 'object' && source !== null && typeof (source as Redis).duplicate === 'function' &&
@@ -43,9 +53,23 @@ export interface Connections {
 export async function openConnections (source: RedisSource, connectTimeout: number): Promise<Connections> {
   if (isClient(source)) {
     const subscriber = source.isCluster
-      ? (source as Cluster).duplicate([], { enableOfflineQueue: false, lazyConnect: true })
+      // ioredis's sharded subscribers: one connection per master, SSUBSCRIBE routed by slot.
+      ? (source as Cluster).duplicate([], { enableOfflineQueue: false, lazyConnect: true, shardedSubscribers: true })
       : (source as Redis).duplicate({ ...subscriberOptions, connectTimeout })
     return { commands: source, subscriber, ownsCommands: false, address: describe(source) }
+  }
+  if (isClusterSource(source)) {
+    const { Cluster } = await import('ioredis')
+    const options = source.options ?? {}
+    const commands = new Cluster(source.cluster, {
+      ...options,
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      // The node connections never queue or resend a command either (see ownOptions).
+      redisOptions: { connectTimeout, ...options.redisOptions, autoResendUnfulfilledCommands: false, maxRetriesPerRequest: 0 }
+    })
+    const subscriber = commands.duplicate([], { shardedSubscribers: true })
+    return { commands, subscriber, ownsCommands: true, address: describe(commands) }
   }
   const { Redis } = await import('ioredis')
   const commands = typeof source === 'string'

@@ -21,6 +21,8 @@ export interface StreamSource {
 }
 
 const fillPage = 500
+/** Entries read back after a reconnect or a failover, to find positions a lagging replica re-issued. */
+export const lookbackAfterReconnect = 100
 const keptResultsMs = 30_000
 
 interface Deferred {
@@ -42,6 +44,8 @@ class StreamState {
   last = 0
   /** The highest seq known to exist in `epoch`. */
   highest = 0
+  /** The ts of the last entry delivered in `epoch`. */
+  lastTs = 0
   /** Notifications that arrived before the starting position was known. */
   early: StreamEntry[] = []
   /** Entries that arrived ahead of a gap, by seq. */
@@ -175,15 +179,19 @@ export class StreamSubscriptions {
     }
     await Promise.all(states.map(async (state) => {
       if (state.closed) return
-      if (state.started) await this.#fill(state, true)
+      if (state.started) await this.#fill(state, true, lookbackAfterReconnect)
       else await this.#start(state)
     }))
   }
 
-  /** Reads every followed stream's position and delivers what a silent subscription missed. */
-  async check (): Promise<void> {
+  /**
+   * Reads every followed stream's position and delivers what a silent subscription missed.
+   * With `lookback` (after a failover) it also reads that many entries already delivered, to
+   * find positions the stream re-issued after it went back.
+   */
+  async check (lookback = 0): Promise<void> {
     await Promise.all([...this.#streams.values()].map(async (state) => {
-      if (state.started && !state.filling) await this.#fill(state, true)
+      if (state.started && !state.filling) await this.#fill(state, true, lookback)
     }))
   }
 
@@ -250,7 +258,12 @@ export class StreamSubscriptions {
       return
     }
     if (entry.epoch !== state.epoch) this.#newEpoch(state, entry.epoch)
-    if (entry.seq <= state.last) return
+    if (entry.seq <= state.last) {
+      // A seq delivered before, but written after it: the stream went back (a failover to a
+      // replica that lagged) and re-issues its positions. Follow it from there.
+      if (entry.ts > state.lastTs) this.#rewind(state, entry.seq - 1)
+      else return
+    }
     state.highest = Math.max(state.highest, entry.seq)
     if (entry.seq === state.last + 1) {
       this.#emit(state, entry)
@@ -266,6 +279,7 @@ export class StreamSubscriptions {
     state.epoch = epoch
     state.last = 0
     state.highest = 0
+    state.lastTs = 0
     state.pending.clear()
     for (const [k, entry] of state.own) {
       if (entry.epoch === epoch) state.highest = Math.max(state.highest, entry.seq)
@@ -276,8 +290,15 @@ export class StreamSubscriptions {
     }
   }
 
+  #rewind (state: StreamState, seq: number): void {
+    state.last = seq
+    state.highest = seq
+    state.pending.clear()
+  }
+
   #emit (state: StreamState, entry: StreamEntry): void {
     state.last = entry.seq
+    state.lastTs = Math.max(state.lastTs, entry.ts)
     state.pending.delete(entry.seq)
     const k = key(entry.epoch, entry.seq)
     state.own.delete(k)
@@ -326,16 +347,20 @@ export class StreamSubscriptions {
   }
 
   /** Delivers from the log what is missing up to what is known to exist (and, with `toTop`, up to the stream's top). */
-  async #fill (state: StreamState, toTop: boolean): Promise<void> {
+  async #fill (state: StreamState, toTop: boolean, lookback = 0): Promise<void> {
     if (state.filling || state.closed || state.epoch === undefined) return
     state.filling = true
     try {
       let first = true
       while (!state.closed && (first || this.#gap(state))) {
         const before = `${state.epoch}:${state.last}`
-        const read = await this.#source.read(state.stream, { epoch: state.epoch, seq: state.last }, fillPage)
+        const from = first ? Math.max(0, state.last - lookback) : state.last
+        const read = await this.#source.read(state.stream, { epoch: state.epoch, seq: from }, fillPage)
         if (state.closed) return
         if (read.top.epoch !== state.epoch) this.#newEpoch(state, read.top.epoch)
+        // The stream is behind what was delivered here (a failover to a replica that lagged):
+        // what comes next re-issues positions from its top.
+        else if (read.top.seq < state.last && read.missed === -1) this.#rewind(state, read.top.seq)
         if (first && toTop) state.highest = Math.max(state.highest, read.top.seq)
         first = false
         for (const entry of read.entries) {

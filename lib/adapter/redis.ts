@@ -40,13 +40,15 @@ import {
   takeSessionScript,
   type Script
 } from './redis-scripts.js'
-import { entryOf, StreamSubscriptions } from './redis-streams.js'
+import { entryOf, lookbackAfterReconnect, StreamSubscriptions } from './redis-streams.js'
+import { partitionOf, partitionTags, slotOf, streamTag } from './redis-partitions.js'
 
 export interface RedisAdapterOptions {
   /**
    * Where Redis is: a `redis://` or `rediss://` URL (user, password and db in it), ioredis
-   * options, or your own ioredis `Redis` or `Cluster` client (used as it is for commands and
-   * left open by `stop()`; the adapter duplicates it for its subscriptions).
+   * options, a Redis Cluster as `{ cluster: startupNodes, options?: ClusterOptions }`, or your
+   * own ioredis `Redis` or `Cluster` client (used as it is for commands and left open by
+   * `stop()`; the adapter duplicates it for its subscriptions).
    */
   redis: RedisSource
   /** Prefix of every key and channel, so that several clusters can share one Redis. Default `'fws:'`. */
@@ -89,7 +91,7 @@ const scripts = {
 type ControlMessage =
   | { t: 'r', c: string }
   | { t: 'd', c: string, code: number, reason: string }
-  | { t: 'p', n: number }
+  | { t: 'p', n: number, i?: number }
 
 function positive (name: string, value: unknown, fallback: number): number {
   if (value === undefined) return fallback
@@ -148,9 +150,8 @@ class RedisAdapter implements StabilizerAdapter {
   #listeners: Array<[EventEmitter, string, Listener]> = []
   #connected = true
   #subscriberUp = false
-  #probeSent = 0
-  #probeSeen = 0
-  #probeSentAt = 0
+  /** Liveness probes, one per probed channel (the control channel; on a Cluster, one per partition). */
+  #probes: Array<{ sent: number, seen: number, sentAt: number }> = []
 
   constructor (source: RedisSource, settings: Settings) {
     this.#source = source
@@ -158,13 +159,17 @@ class RedisAdapter implements StabilizerAdapter {
   }
 
   // ---- keys -------------------------------------------------------------------------------
-  #meta (stream: string): string { return `${this.#settings.keyPrefix}{s:${stream}}:meta` }
-  #log (stream: string): string { return `${this.#settings.keyPrefix}{s:${stream}}:log` }
-  #channel (stream: string): string { return `${this.#settings.keyPrefix}{s:${stream}}:ch` }
+  // A stream's keys and channel share its partition's tag: one script touches one slot, and
+  // the script's SPUBLISH goes to a channel of that slot (Redis refuses any other).
+  #meta (stream: string): string { return `${this.#settings.keyPrefix}{${streamTag(stream)}}:s:${stream}:meta` }
+  #log (stream: string): string { return `${this.#settings.keyPrefix}{${streamTag(stream)}}:s:${stream}:log` }
+  #channel (stream: string): string { return `${this.#settings.keyPrefix}{${streamTag(stream)}}:s:${stream}:ch` }
+  /** The channel this instance probes partition `partition` with (on a Cluster). */
+  #probeChannel (partition: number): string { return `${this.#settings.keyPrefix}{${partitionTags[partition]}}:probe:${this.#ctx.instanceId}` }
   #owner (clientId: string): string { return `${this.#settings.keyPrefix}{c:${clientId}}:owner` }
   #session (clientId: string): string { return `${this.#settings.keyPrefix}{c:${clientId}}:session` }
   #token (tokenId: string): string { return `${this.#settings.keyPrefix}{t:${tokenId}}` }
-  #control (instanceId: string): string { return `${this.#settings.keyPrefix}{i:${instanceId}}:ctl` }
+  #control (instanceId: string): string { return `${this.#settings.keyPrefix}{${partitionTags[partitionOf(`i:${instanceId}`)]}}:i:${instanceId}:ctl` }
   get #members (): string { return `${this.#settings.keyPrefix}{i}:members` }
   get #instancePrefix (): string { return `${this.#settings.keyPrefix}{i}:instance:` }
 
@@ -299,6 +304,11 @@ class RedisAdapter implements StabilizerAdapter {
     if (subscriber) {
       this.#on(client, 'messageBuffer', (channel: Buffer, message: Buffer) => { this.#receive(String(channel), message) })
       this.#on(client, 'smessageBuffer', (channel: Buffer, message: Buffer) => { this.#receive(String(channel), message) })
+      // ioredis resubscribed its sharded subscribers after a topology change (a failover, a
+      // slot migration): read what the subscriptions missed meanwhile.
+      this.#on(client, 'subscribersReady', () => {
+        if (this.#stopping === undefined && this.#timers.length > 0) this.#streams?.check(lookbackAfterReconnect).catch(() => {})
+      })
       this.#on(client, 'ready', () => {
         if (this.#stopping === undefined && this.#timers.length > 0) {
           this.#onSubscriberReady().catch(() => {}) // retried at the next 'ready'
@@ -323,16 +333,26 @@ class RedisAdapter implements StabilizerAdapter {
   /** Subscribes the control channel and every followed stream, then reads what was missed. */
   async #onSubscriberReady (): Promise<void> {
     this.#subscriberUp = true
-    await this.#subscribe([this.#control(this.#ctx.instanceId)])
+    await this.#subscribe(this.#probeChannels())
     await this.#streams!.resubscribe()
-    this.#probeSeen = this.#probeSent
+    for (const probe of this.#probes) probe.seen = probe.sent
     this.#setConnected(this.#conn.commands.status === 'ready')
+  }
+
+  /** The channels whose probes tell whether the subscriptions still hear: on a Cluster one per partition (its shard's subscription), else the control channel. */
+  #probeChannels (): string[] {
+    const channels = this.#sharded
+      ? [this.#control(this.#ctx.instanceId), ...partitionTags.map((_tag, partition) => this.#probeChannel(partition))]
+      : [this.#control(this.#ctx.instanceId)]
+    while (this.#probes.length < channels.length) this.#probes.push({ sent: 0, seen: 0, sentAt: 0 })
+    return channels
   }
 
   async #subscribe (channels: string[]): Promise<void> {
     const conn = this.#conn
     await bounded(conn.subscriber, this.#settings.commandTimeout, conn.address, async () => {
-      if (this.#sharded) for (const channel of channels) await (conn.subscriber as Cluster).ssubscribe(channel)
+      // One SSUBSCRIBE per slot: a Cluster refuses channels of several slots in one.
+      if (this.#sharded) await Promise.all([...bySlot(channels).values()].map(async (batch) => await (conn.subscriber as Cluster).ssubscribe(...batch)))
       else await (conn.subscriber as Redis).subscribe(...channels)
     })
   }
@@ -340,14 +360,26 @@ class RedisAdapter implements StabilizerAdapter {
   async #unsubscribe (channels: string[]): Promise<void> {
     const conn = this.#conn
     await bounded(conn.subscriber, this.#settings.commandTimeout, conn.address, async () => {
-      if (this.#sharded) for (const channel of channels) await (conn.subscriber as Cluster).sunsubscribe(channel)
+      if (this.#sharded) await Promise.all([...bySlot(channels).values()].map(async (batch) => await (conn.subscriber as Cluster).sunsubscribe(...batch)))
       else await (conn.subscriber as Redis).unsubscribe(...channels)
     })
   }
 
+  /**
+   * A partition's probe went unheard (its shard's subscription went silent, or lost the slot
+   * without ioredis noticing): subscribes its channels again and reads what they missed.
+   */
+  async #restartPartition (slot: number): Promise<void> {
+    const channels = [...this.#streams!.channels(), ...this.#probeChannels()].filter((channel) => slotOf(tagOf(channel)) === slot)
+    await this.#unsubscribe(channels).catch(() => {})
+    await this.#subscribe(channels)
+    await this.#streams!.check(lookbackAfterReconnect)
+  }
+
   #receive (channel: string, message: Buffer): void {
     if (this.#streams?.receive(channel, message) === true) return
-    if (this.#instance === undefined || channel !== this.#control(this.#instance.instanceId)) return
+    if (this.#instance === undefined) return
+    if (channel !== this.#control(this.#instance.instanceId) && !(this.#sharded && channel.includes(':probe:'))) return
     let control: ControlMessage
     try {
       control = JSON.parse(String(message)) as ControlMessage
@@ -355,9 +387,13 @@ class RedisAdapter implements StabilizerAdapter {
       return
     }
     const { handlers } = this.#instance
-    if (control.t === 'p') this.#probeSeen = Math.max(this.#probeSeen, control.n)
-    else if (control.t === 'r') handlers.replaced(control.c)
-    else if (control.t === 'd') handlers.disconnect(control.c, control.code, control.reason)
+    if (control.t === 'p') {
+      const probe = this.#probes[control.i ?? 0]
+      if (probe !== undefined) probe.seen = Math.max(probe.seen, control.n)
+    } else if (control.t === 'r') {
+      this.#held.delete(control.c) // told once: the presence refresh must not tell it again
+      handlers.replaced(control.c)
+    } else if (control.t === 'd') handlers.disconnect(control.c, control.code, control.reason)
   }
 
   /** Announces this instance, learns the others, and checks that the subscription still hears. */
@@ -370,20 +406,31 @@ class RedisAdapter implements StabilizerAdapter {
       return
     }
     const conn = this.#conn
-    // A subscription can go silent without its socket closing (a cut network, a failover):
-    // this instance publishes to its own control channel and reconnects the subscriber when
-    // a probe went unheard for a whole instanceTtl.
-    if (this.#subscriberUp && this.#probeSeen < this.#probeSent && Date.now() - this.#probeSentAt > this.#settings.instanceTtl) {
-      this.#subscriberUp = false
-      this.#setConnected(false)
-      conn.subscriber.disconnect(true)
-      return
-    }
-    if (this.#probeSeen >= this.#probeSent) {
-      this.#probeSent++
-      this.#probeSentAt = Date.now()
-      await this.#publishControl(this.#ctx.instanceId, { t: 'p', n: this.#probeSent }).catch(() => {})
-    }
+    // A subscription can go silent without its socket closing (a cut network, a failover, a
+    // slot that moved): this instance publishes probes to itself and, when one went unheard
+    // for a whole instanceTtl, reconnects the subscriber (on a Cluster: resubscribes the
+    // probe's partition).
+    const channels = this.#probeChannels()
+    await Promise.all(channels.map(async (channel, i) => {
+      const probe = this.#probes[i]
+      if (!this.#subscriberUp) return
+      if (probe.seen < probe.sent && Date.now() - probe.sentAt > this.#settings.instanceTtl) {
+        probe.seen = probe.sent
+        if (this.#sharded) {
+          await this.#restartPartition(slotOf(tagOf(channel))).catch(() => {})
+          return
+        }
+        this.#subscriberUp = false
+        this.#setConnected(false)
+        conn.subscriber.disconnect(true)
+        return
+      }
+      if (probe.seen >= probe.sent) {
+        probe.sent++
+        probe.sentAt = Date.now()
+        await this.#publish(channel, JSON.stringify({ t: 'p', n: probe.sent, i })).catch(() => {})
+      }
+    }))
   }
 
   async #heartbeat (): Promise<void> {
@@ -406,6 +453,13 @@ class RedisAdapter implements StabilizerAdapter {
     await Promise.all([...this.#held].map(async ([clientId, saved]) => {
       const keys = [this.#owner(clientId), this.#session(clientId)]
       const state = await this.#script(scripts.refresh, keys, [instanceId, presenceTtl, limits.retentionMs, saved === undefined ? '0' : '1'])
+      // Another instance claimed the client and its notice never arrived (published while this
+      // instance's subscription was away): the connection here is the older one.
+      if (Number(state) === 0 && this.#held.has(clientId)) {
+        this.#held.delete(clientId)
+        this.#ctx.handlers.replaced(clientId)
+        return
+      }
       if (Number(state) === 2 && saved !== undefined && this.#held.get(clientId) === saved) {
         await this.#call(async (client) => await client.set(keys[1], saved, 'PX', limits.retentionMs, 'NX'))
       }
@@ -413,8 +467,10 @@ class RedisAdapter implements StabilizerAdapter {
   }
 
   async #publishControl (instanceId: string, message: ControlMessage): Promise<number> {
-    const channel = this.#control(instanceId)
-    const text = JSON.stringify(message)
+    return await this.#publish(this.#control(instanceId), JSON.stringify(message))
+  }
+
+  async #publish (channel: string, text: string): Promise<number> {
     return await this.#call(async (client) => Number(this.#sharded ? await (client as Cluster).spublish(channel, text) : await client.publish(channel, text)))
   }
 
@@ -564,4 +620,22 @@ class RedisAdapter implements StabilizerAdapter {
   }
 }
 
-export type { RedisSource } from './redis-connection.js'
+export type { RedisClusterSource, RedisSource } from './redis-connection.js'
+
+/** The hash tag of a key or channel (what is between its first braces). */
+function tagOf (name: string): string {
+  const open = name.indexOf('{')
+  const close = name.indexOf('}', open + 1)
+  return open < 0 || close < 0 ? name : name.slice(open + 1, close)
+}
+
+function bySlot (channels: string[]): Map<number, string[]> {
+  const batches = new Map<number, string[]>()
+  for (const channel of channels) {
+    const slot = slotOf(tagOf(channel))
+    const batch = batches.get(slot)
+    if (batch === undefined) batches.set(slot, [channel])
+    else batch.push(channel)
+  }
+  return batches
+}
