@@ -22,6 +22,12 @@ export class CatchUp<T extends Positioned = Positioned> {
   /** The streams the welcome gives positions for, in order (joins before the welcome add to it). */
   readonly streams: string[]
   private held: T[] = []
+  /**
+   * Per stream, the position the client already has (from its welcome or a replay). The
+   * shared store is read directly, so it can be ahead of this instance's live delivery: an
+   * entry up to it that arrives afterwards was already sent, and is dropped.
+   */
+  private readonly floors = new Map<string, StreamPosition>()
   /** Held messages dropped past `maxHeld`. */
   overflowed = 0
 
@@ -35,9 +41,10 @@ export class CatchUp<T extends Positioned = Positioned> {
     return this.welcomePending
   }
 
-  /** Takes a message for the connection if it must wait; false when it may be sent now. */
+  /** Takes a message for the connection if it must wait (or was already sent); false when it may be sent now. */
   holds (message: T): boolean {
     const stream = message.position?.stream
+    if (stream !== undefined && this.floors.size > 0 && this.belowFloor(message.position!)) return true
     if (!this.welcomePending && (stream === undefined || !this.pending.has(stream))) return false
     if (this.held.length >= maxHeld) {
       this.held.shift()
@@ -57,6 +64,7 @@ export class CatchUp<T extends Positioned = Positioned> {
   /** The connection left the stream before its position was known: what was held of it goes. */
   remove (stream: string): void {
     this.pending.delete(stream)
+    this.floors.delete(stream)
     const at = this.streams.indexOf(stream)
     if (at >= 0) this.streams.splice(at, 1)
     this.held = this.held.filter((message) => message.position?.stream !== stream)
@@ -74,17 +82,28 @@ export class CatchUp<T extends Positioned = Positioned> {
   settle (stream: string, covered: StreamPosition | undefined): T[] {
     this.pending.delete(stream)
     if (this.welcomePending) return []
+    if (covered !== undefined) this.floors.set(stream, covered)
     return this.take((message) => message.position?.stream === stream, covered)
   }
 
   /** The welcome went out: everything held that is not waiting for a pending stream. */
   welcomed (covered: ReadonlyMap<string, StreamPosition>): T[] {
     this.welcomePending = false
+    for (const [stream, position] of covered) this.floors.set(stream, position)
     return this.take((message) => message.position === undefined || !this.pending.has(message.position.stream), covered)
   }
 
   get done (): boolean {
-    return !this.welcomePending && this.pending.size === 0
+    return !this.welcomePending && this.pending.size === 0 && this.floors.size === 0
+  }
+
+  /** Whether a live entry was already sent; the first one past a stream's floor removes it (delivery is in stream order). */
+  private belowFloor (at: NonNullable<Positioned['position']>): boolean {
+    const floor = this.floors.get(at.stream)
+    if (floor === undefined) return false
+    if (floor.epoch === at.epoch && at.seq <= floor.seq) return true
+    this.floors.delete(at.stream)
+    return false
   }
 
   private take (selected: (message: T) => boolean, covered: StreamPosition | ReadonlyMap<string, StreamPosition> | undefined): T[] {
@@ -97,7 +116,10 @@ export class CatchUp<T extends Positioned = Positioned> {
       }
       const at = message.position
       const upTo = at === undefined ? undefined : covered instanceof Map ? covered.get(at.stream) : covered as StreamPosition | undefined
-      if (at === undefined || upTo === undefined || at.epoch !== upTo.epoch || at.seq > upTo.seq) out.push(message)
+      if (at === undefined || upTo === undefined || at.epoch !== upTo.epoch || at.seq > upTo.seq) {
+        out.push(message)
+        if (at !== undefined) this.floors.delete(at.stream) // delivery has passed the floor
+      }
     }
     this.held = kept
     return out
