@@ -10,7 +10,7 @@ import type { EncodedMessage } from './message.js'
 import type { MetricsBuckets, MetricsRegistry } from './options.js'
 import { inboundSize } from './rate-limit.js'
 import type { ReplayOutcome } from './protocol.js'
-import type { StabilizerStats } from './stabilizer.js'
+import type { StabilizerStats } from './stats.js'
 
 /**
  * What the core reports as it happens; everything else is read at scrape time. Times are

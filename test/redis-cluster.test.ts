@@ -7,6 +7,7 @@ import { clusterScenarios } from './fixtures/cluster-scenarios.js'
 import { startRedisCluster } from './fixtures/redis-cluster.js'
 import { buildApp, listen, waitFor, type TestApp } from './fixtures/server.js'
 import { ProtocolPeer } from './fixtures/protocol-peer.js'
+import { settled } from './fixtures/hang-guard.js'
 
 // The Redis adapter on a 3-master Redis Cluster (one replica each, for the failover), with
 // sharded pub/sub: the same contract and the same multi-instance scenarios as on one Redis.
@@ -68,17 +69,6 @@ void t.test('cluster options: the adapter makes its own Cluster connections and 
   await until(async () => await named() === 0, 'every connection the adapters made to be closed')
   t.equal(await named(), 0, 'stop() closed the connections it made')
 })
-
-/** How a call ended; fails the test if it has not ended after `ms` (a hang guard, not a timing assertion). */
-async function settled (promise: Promise<unknown>, what: string, ms = 8000): Promise<{ ok: boolean, error?: unknown }> {
-  let timer: NodeJS.Timeout | undefined
-  const hung = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`${what} hung`)) }, ms) })
-  try {
-    return await Promise.race([promise.then(() => ({ ok: true }), (error: unknown) => ({ ok: false, error })), hung])
-  } finally {
-    clearTimeout(timer)
-  }
-}
 
 function seqsOf (instance: Instance, stream: string): number[] {
   return instance.delivered.filter((e) => e.stream === stream).map((e) => e.seq)

@@ -11,6 +11,7 @@ import { namespacesUnavailable } from './fixtures/netns.js'
 import { createLinkedNamespace } from './fixtures/netns-host.js'
 import { killProcess } from './fixtures/processes.js'
 import { startRedisServer } from './fixtures/redis-server.js'
+import { settled } from './fixtures/hang-guard.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const instanceScript = fileURLToPath(new URL('./fixtures/redis-instance.ts', import.meta.url))
@@ -22,17 +23,6 @@ function factoryOn (url: string, extra: Partial<RedisAdapterOptions> = {}): Adap
   return async (instances) => {
     const keyPrefix = `f-${randomUUID()}:`
     return { adapters: Array.from({ length: instances }, () => redisAdapter({ redis: url, keyPrefix, instanceTtl: 1500, commandTimeout: 500, ...extra })) }
-  }
-}
-
-/** How a call ended; fails the test if it has not ended after `ms` (a hang guard, not a timing assertion). */
-async function settled (promise: Promise<unknown>, what: string, ms = 5000): Promise<{ ok: boolean, error?: unknown }> {
-  let timer: NodeJS.Timeout | undefined
-  const hung = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`${what} hung`)) }, ms) })
-  try {
-    return await Promise.race([promise.then(() => ({ ok: true }), (error: unknown) => ({ ok: false, error })), hung])
-  } finally {
-    clearTimeout(timer)
   }
 }
 

@@ -7,6 +7,7 @@ import { ProtocolPeer } from './fixtures/protocol-peer.js'
 import { startRedisServer } from './fixtures/redis-server.js'
 import { waitFor } from './fixtures/server.js'
 import { startBalancer } from './fixtures/tcp-balancer.js'
+import { guarded } from './fixtures/hang-guard.js'
 
 // Instances in processes of their own over a Redis of the test's own: an instance can be
 // SIGKILLed (no shutdown hook runs, nothing is written on the way out) and Redis killed.
@@ -15,17 +16,6 @@ const instanceTtl = 1500
 const adapterOptions = { instanceTtl, commandTimeout: 500 }
 /** Heartbeats off: the subject is what survives an instance, not liveness. */
 const options = { heartbeatInterval: 0 }
-
-/** How a call ended; fails the test if it has not ended after `ms` (a hang guard, not a timing assertion). */
-async function settled<T> (promise: Promise<T>, what: string, ms = 5000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const hung = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`${what} hung`)) }, ms) })
-  try {
-    return await Promise.race([promise, hung])
-  } finally {
-    clearTimeout(timer)
-  }
-}
 
 async function clusterStats (httpUrl: string): Promise<{ instances: number, connections: number } | undefined> {
   const response = await fetch(`${httpUrl}/ws-stats`)
@@ -149,7 +139,7 @@ void t.test('Redis killed and restarted empty mid-traffic', async (t) => {
   await untilAsync(async () => ((await a.ask({ cmd: 'connections' })).ids as string[]).length === 1, 'A to see lea gone')
 
   await redis.kill()
-  const down = await settled(b.ask({ cmd: 'broadcast', message: 'while down' }), 'a broadcast while Redis is down')
+  const down = await guarded(b.ask({ cmd: 'broadcast', message: 'while down' }), 'a broadcast while Redis is down')
   t.match(down, { total: 1, sent: 1, published: false }, 'an honest result: delivered here, not published')
   await onB.until(() => onB.texts.includes('while down'))
   t.match(onB.messages.at(-1), { stream: '', data: 'while down' }, 'the local client is served, without a position')

@@ -5,6 +5,7 @@ import { redisAdapter } from '../lib/adapter/redis.js'
 import { ProtocolPeer, type PeerPositions } from './fixtures/protocol-peer.js'
 import { startRedisServer } from './fixtures/redis-server.js'
 import { buildApp, listen, waitFor, type TestApp } from './fixtures/server.js'
+import { guarded } from './fixtures/hang-guard.js'
 
 // Many clients moving between three instances while messages flow, checked afterwards: per
 // client and stream, every position from where it began to the top arrived once, except what
@@ -68,17 +69,6 @@ function audit (leg: Journey['legs'][number]): { gaps: string[], duplicates: str
   }
   if (reported) gaps.length = 0 // a reported loss may be anywhere in the replay
   return { gaps, duplicates, unpositioned }
-}
-
-/** Fails with `what` if the call has not settled after `ms`: a hang guard, not a timing assertion. */
-async function guarded<T> (promise: Promise<T>, what: string, ms = 10_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const hung = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`${what} hung`)) }, ms) })
-  try {
-    return await Promise.race([promise, hung])
-  } finally {
-    clearTimeout(timer)
-  }
 }
 
 async function keysOf (admin: Redis, prefix: string): Promise<Array<{ key: string, ttl: number }>> {
