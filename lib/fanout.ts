@@ -33,7 +33,7 @@ export interface BroadcastResult {
 }
 
 /** Where a message stands in its stream, once published. */
-type Position = Pick<StreamEntry, 'stream' | 'epoch' | 'seq'>
+type Position = Pick<StreamEntry, 'stream' | 'epoch' | 'seq'> & { readonly ts?: number }
 
 /**
  * One message on its way out: its protocol payload (what streams carry), the plain message

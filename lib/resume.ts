@@ -161,7 +161,7 @@ export class StreamStarter {
     const report = resume === undefined
       ? undefined
       : { outcome: outcomeOf(offered, missed, historyLost), stateRestored: resume.stateRestored, replayed: replayed.length, missed, historyLost }
-    const messages = [...replayed.map((entry) => Outbound.fromEntry(entry)), ...catchUp.welcomed(covered)]
+    const messages = byPublishTime(replayed.map((entry) => Outbound.fromEntry(entry)), catchUp.welcomed(covered))
     if (connection.catchUp === catchUp && catchUp.done) connection.catchUp = undefined
     if (connection.state !== 'open') return
     this.io.welcome(connection, { positions, report, messages })
@@ -199,6 +199,24 @@ function inPublishOrder (replays: ReadonlyArray<readonly StreamEntry[]>): Stream
     if (pick < 0) return merged
     merged.push(replays[pick][heads[pick]++])
   }
+}
+
+/**
+ * The replay and what arrived live while the streams were read, each in its own order, merged
+ * by publish time: a stream read early may have live entries older than a later read's last.
+ * A held message without a publish time (never published) comes after the replay.
+ */
+function byPublishTime (replayed: readonly Outbound[], held: readonly Outbound[]): Outbound[] {
+  if (replayed.length === 0 || held.length === 0) return [...replayed, ...held]
+  const merged: Outbound[] = []
+  let next = 0
+  for (const message of held) {
+    const ts = message.position?.ts ?? Infinity
+    while (next < replayed.length && (replayed[next].position?.ts ?? -Infinity) <= ts) merged.push(replayed[next++])
+    merged.push(message)
+  }
+  while (next < replayed.length) merged.push(replayed[next++])
+  return merged
 }
 
 /** A connection's session as any instance can resume it. */

@@ -131,9 +131,9 @@ export class Stabilizer {
       connectionCount: () => this.registry.size,
       handlers: {
         deliver: (entry) => this.delivery.deliverEntry(entry),
-        replaced: (clientId) => {
+        replaced: (clientId, since) => {
           const connection = this.registry.get(clientId)
-          if (connection !== undefined) this.closeConnection(connection, CloseCode.REPLACED, 'replaced by a newer connection', 'replaced')
+          if (connection !== undefined && connection.connectedAt <= since) this.replacedElsewhere(connection)
         },
         disconnect: (clientId, code, reason) => { void this.disconnect(clientId, code, reason) },
         connectivity: (connected) => {
@@ -477,7 +477,10 @@ export class Stabilizer {
       replaced.close(CloseCode.REPLACED, 'replaced by a newer connection', 'replaced', this.options.closeTimeout)
     }
     this.adapter.subscribe(clientStream(clientId))
-    this.background(this.adapter.claim(clientId), 'claim')
+    this.background(this.adapter.claim(clientId, connection.connectedAt).then((claimed) => {
+      // A connection that opened later holds the id on another instance: this one is the older.
+      if (!claimed && this.registry.get(clientId) === connection) this.replacedElsewhere(connection)
+    }), 'claim')
     this.log.debug({ clientId, replaced: replaced !== undefined }, 'websocket connected')
     this.heartbeat?.add(connection)
     const stateRestored = resume === undefined ? false : this.restore(connection, resume, replaced)
@@ -683,6 +686,10 @@ export class Stabilizer {
   }
 
   /** An adapter call nobody waits for: its failure is logged, never unhandled. */
+  private replacedElsewhere (connection: Connection): void {
+    this.closeConnection(connection, CloseCode.REPLACED, 'replaced by a newer connection', 'replaced')
+  }
+
   private background (call: Promise<unknown>, what: string): void {
     call.catch((err: unknown) => { this.log.warn({ err, call: what }, 'websocket adapter call failed') })
   }

@@ -91,8 +91,11 @@ export interface AdapterHandlers {
    * entry this instance published is what its `publish()` resolves with as `local`.
    */
   deliver: (entry: StreamEntry) => unknown
-  /** Another instance claimed `clientId`: close the local connection with 4500. */
-  replaced: (clientId: string) => void
+  /**
+   * Another instance claimed `clientId` for a connection opened at `since`: close the local
+   * connection with 4500 if it opened no later than that (a newer local one stays).
+   */
+  replaced: (clientId: string, since: number) => void
   /** `disconnect(clientId)` was called on another instance for a client held here. */
   disconnect: (clientId: string, code: number, reason: string) => void
   /** The adapter lost (false) or regained (true) its shared store: what was published meanwhile may be missing. */
@@ -156,8 +159,13 @@ export interface StabilizerAdapter {
   read: (stream: string, after: StreamPosition | undefined, limit: number) => Promise<StreamRead>
 
   // ---- presence -----------------------------------------------------------------------------
-  /** This instance now holds `clientId`: any other instance holding it is told `replaced`. */
-  claim: (clientId: string) => Promise<void>
+  /**
+   * This instance holds `clientId`, for a connection opened at `since` (ms since the epoch,
+   * default now): any other instance holding it is told `replaced`. Claims are ordered by
+   * `since`, not by arrival: resolves false, and changes nothing, when the id is already held
+   * for a connection opened later (the caller's connection is the older one and must go).
+   */
+  claim: (clientId: string, since?: number) => Promise<boolean>
   /** This instance no longer holds `clientId` (a no-op if another instance claimed it since). */
   release: (clientId: string) => Promise<void>
   /** Whether `clientId` is connected somewhere or has a retained session. */

@@ -36,7 +36,7 @@ export class MemoryHub {
   private readonly instances = new Set<MemoryAdapter>()
   private readonly streams = new Map<string, StreamLog>()
   private readonly sessions = new Map<string, HeldSession>()
-  private readonly presence = new Map<string, MemoryAdapter>()
+  private readonly presence = new Map<string, { holder: MemoryAdapter, since: number }>()
   /** Token id → expiry; insertion order is nearly expiry order (one TTL for all tokens). */
   private readonly redeemed = new Map<string, number>()
   private limits: AdapterLimits | undefined = undefined
@@ -58,7 +58,7 @@ export class MemoryHub {
   /** @internal Drops the instance's presence; the sessions it held start expiring. */
   leave (instance: MemoryAdapter, now = Date.now()): void {
     if (!this.instances.delete(instance)) return
-    for (const [clientId, holder] of this.presence) {
+    for (const [clientId, { holder }] of this.presence) {
       if (holder !== instance) continue
       this.presence.delete(clientId)
       const held = this.sessions.get(clientId)
@@ -126,15 +126,17 @@ export class MemoryHub {
   }
 
   /** @internal */
-  claim (instance: MemoryAdapter, clientId: string): void {
+  claim (instance: MemoryAdapter, clientId: string, since: number): boolean {
     const previous = this.presence.get(clientId)
-    this.presence.set(clientId, instance)
-    if (previous !== undefined && previous !== instance) previous.replacedElsewhere(clientId)
+    if (previous !== undefined && previous.holder !== instance && previous.since > since) return false
+    this.presence.set(clientId, { holder: instance, since })
+    if (previous !== undefined && previous.holder !== instance) previous.holder.replacedElsewhere(clientId, since)
+    return true
   }
 
   /** @internal */
   release (instance: MemoryAdapter, clientId: string, now = Date.now()): void {
-    if (this.presence.get(clientId) !== instance) return
+    if (this.presence.get(clientId)?.holder !== instance) return
     this.presence.delete(clientId)
     const held = this.sessions.get(clientId)
     if (held !== undefined) held.expiresAt = now + this.bounds.retentionMs
@@ -142,7 +144,7 @@ export class MemoryHub {
 
   /** @internal */
   holder (clientId: string): MemoryAdapter | undefined {
-    return this.presence.get(clientId)
+    return this.presence.get(clientId)?.holder
   }
 
   /** @internal */
@@ -308,8 +310,8 @@ export class MemoryAdapter implements StabilizerAdapter {
     return this.hub.log(stream).read(after, limit, Date.now())
   }
 
-  async claim (clientId: string): Promise<void> {
-    this.hub.claim(this, clientId)
+  async claim (clientId: string, since = Date.now()): Promise<boolean> {
+    return this.hub.claim(this, clientId, since)
   }
 
   async release (clientId: string): Promise<void> {
@@ -364,8 +366,8 @@ export class MemoryAdapter implements StabilizerAdapter {
   }
 
   /** @internal */
-  replacedElsewhere (clientId: string): void {
-    this.instance?.handlers.replaced(clientId)
+  replacedElsewhere (clientId: string, since: number): void {
+    this.instance?.handlers.replaced(clientId, since)
   }
 
   /** @internal */

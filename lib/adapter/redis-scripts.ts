@@ -22,9 +22,11 @@ local function openMeta (meta, log, newEpoch, metaTtl)
   redis.call('PEXPIRE', meta, metaTtl)
   return epoch
 end
+-- Milliseconds with the microseconds as a fraction: publishes to different streams in one
+-- millisecond still replay in the order they were made.
 local function now ()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 -- Drops the oldest entries while the log is over a bound or older than minTs; the ids are
 -- consecutive, so one XTRIM MINID removes them. Steady state: about one entry per append.
@@ -78,15 +80,17 @@ local payload, info = ARGV[6], ARGV[7]
 local epoch = openMeta(meta, log, ARGV[1], ARGV[5])
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
 local ts = now()
+-- As text: Lua prints numbers with 14 digits and returns them to the caller as integers.
+local tsText = string.format('%.3f', ts)
 if maxEntries > 0 then
   local size = #payload + ${entryOverheadBytes}
-  redis.call('XADD', log, seq .. '-0', 'd', payload, 'm', info, 't', ts, 'n', size)
+  redis.call('XADD', log, seq .. '-0', 'd', payload, 'm', info, 't', tsText, 'n', size)
   redis.call('HINCRBY', meta, 'bytes', size)
   trim(meta, log, maxEntries, maxBytes, ts - retention)
   if redis.call('EXISTS', log) == 1 then redis.call('PEXPIRE', log, retention) end
 end
-redis.call(ARGV[9], ARGV[8], epoch .. ' ' .. seq .. ' ' .. ts .. ' ' .. info .. '\\n' .. payload)
-return { epoch, seq, ts }
+redis.call(ARGV[9], ARGV[8], epoch .. ' ' .. seq .. ' ' .. tsText .. ' ' .. info .. '\\n' .. payload)
+return { epoch, seq, tsText }
 `
 
 /**
@@ -154,26 +158,50 @@ redis.call('DEL', KEYS[2] .. ARGV[1])
 return 1
 `
 
+// A client's owner key holds `<instanceId>@<since>`: the instance holding it and when that
+// connection opened, so that claims are ordered by the connections' age, not by arrival.
+const ownerOf = `
+local function ownerOf (value)
+  if not value then return nil, 0 end
+  local id, since = string.match(value, '^(.*)@(%d+)$')
+  if not id then return value, 0 end
+  return id, tonumber(since)
+end
+`
+
+/**
+ * Claims a client for a connection. KEYS: owner. ARGV: id, since, presenceTtl. Returns
+ * {1, previous holder or ''} when claimed, {0, holder} when a connection that opened later
+ * holds it (nothing changed).
+ */
+export const claimScript = `${ownerOf}
+local holder, since = ownerOf(redis.call('GET', KEYS[1]))
+if holder and holder ~= ARGV[1] and since > tonumber(ARGV[2]) then return { 0, holder } end
+redis.call('SET', KEYS[1], ARGV[1] .. '@' .. ARGV[2], 'PX', ARGV[3])
+return { 1, holder or '' }
+`
+
 /**
  * Releases a client: deletes its owner key only if it still names this instance, and
  * restarts its session's retention window. KEYS: owner, session. ARGV: id, retentionMs.
  */
-export const releaseScript = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+export const releaseScript = `${ownerOf}
+if ownerOf(redis.call('GET', KEYS[1])) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 `
 
 /**
  * Keeps a held client's presence and session alive. KEYS: owner, session. ARGV: id,
- * presenceTtl, retentionMs, whether a session was saved. The owner key is written again when
- * it is missing (a Redis that restarted empty), never over another instance's claim. Returns
- * 0 when another instance holds the client, 2 when its session is missing, else 1.
+ * presenceTtl, retentionMs, whether a session was saved, since. The owner key is written
+ * again when it is missing (a Redis that restarted empty), never over another instance's
+ * claim. Returns 0 when another instance holds the client, 2 when its session is missing,
+ * else 1.
  */
-export const refreshScript = `
-local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+export const refreshScript = `${ownerOf}
+local holder = ownerOf(redis.call('GET', KEYS[1]))
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. '@' .. ARGV[5], 'PX', ARGV[2])
 if redis.call('PEXPIRE', KEYS[2], ARGV[3]) == 0 and ARGV[4] == '1' then return 2 end
 return 1
 `

@@ -28,6 +28,7 @@ import {
   type RedisSource
 } from './redis-connection.js'
 import {
+  claimScript,
   dropSessionScript,
   heartbeatScript,
   leaveScript,
@@ -79,6 +80,7 @@ const defaults = {
 
 const scripts = {
   publish: script(publishScript),
+  claim: script(claimScript),
   read: script(readScript),
   heartbeat: script(heartbeatScript),
   leave: script(leaveScript),
@@ -89,7 +91,7 @@ const scripts = {
 }
 
 type ControlMessage =
-  | { t: 'r', c: string }
+  | { t: 'r', c: string, s?: number }
   | { t: 'd', c: string, code: number, reason: string }
   | { t: 'p', n: number, i?: number }
 
@@ -142,10 +144,11 @@ class RedisAdapter implements StabilizerAdapter {
   #cluster: ClusterView | undefined
   #alive = new Set<string>()
   /**
-   * Clients this instance holds (claimed, not released), with their session as last saved:
-   * their presence and sessions are kept alive, and written again if Redis lost them.
+   * Clients this instance holds (claimed, not released): when their connection opened and
+   * their session as last saved. Their presence and sessions are kept alive, and written
+   * again if Redis lost them.
    */
-  readonly #held = new Map<string, string | undefined>()
+  readonly #held = new Map<string, { since: number, saved: string | undefined }>()
   #lastErrors = new Map<RedisClient, Error>()
   #listeners: Array<[EventEmitter, string, Listener]> = []
   #connected = true
@@ -391,8 +394,12 @@ class RedisAdapter implements StabilizerAdapter {
       const probe = this.#probes[control.i ?? 0]
       if (probe !== undefined) probe.seen = Math.max(probe.seen, control.n)
     } else if (control.t === 'r') {
-      this.#held.delete(control.c) // told once: the presence refresh must not tell it again
-      handlers.replaced(control.c)
+      const since = control.s ?? Date.now()
+      const held = this.#held.get(control.c)
+      // Told once: the presence refresh must not tell it again. A connection here that opened
+      // after the claim's is newer and stays held.
+      if (held !== undefined && held.since <= since) this.#held.delete(control.c)
+      handlers.replaced(control.c, since)
     } else if (control.t === 'd') handlers.disconnect(control.c, control.code, control.reason)
   }
 
@@ -450,17 +457,18 @@ class RedisAdapter implements StabilizerAdapter {
 
   async #refreshHeld (): Promise<void> {
     const { instanceId, limits } = this.#ctx
-    await Promise.all([...this.#held].map(async ([clientId, saved]) => {
+    await Promise.all([...this.#held].map(async ([clientId, held]) => {
+      const { since, saved } = held
       const keys = [this.#owner(clientId), this.#session(clientId)]
-      const state = await this.#script(scripts.refresh, keys, [instanceId, presenceTtl, limits.retentionMs, saved === undefined ? '0' : '1'])
+      const state = await this.#script(scripts.refresh, keys, [instanceId, presenceTtl, limits.retentionMs, saved === undefined ? '0' : '1', since])
       // Another instance claimed the client and its notice never arrived (published while this
       // instance's subscription was away): the connection here is the older one.
-      if (Number(state) === 0 && this.#held.has(clientId)) {
+      if (Number(state) === 0 && this.#held.get(clientId) === held) {
         this.#held.delete(clientId)
-        this.#ctx.handlers.replaced(clientId)
+        this.#ctx.handlers.replaced(clientId, Date.now())
         return
       }
-      if (Number(state) === 2 && saved !== undefined && this.#held.get(clientId) === saved) {
+      if (Number(state) === 2 && saved !== undefined && this.#held.get(clientId)?.saved === saved) {
         await this.#call(async (client) => await client.set(keys[1], saved, 'PX', limits.retentionMs, 'NX'))
       }
     }))
@@ -551,11 +559,15 @@ class RedisAdapter implements StabilizerAdapter {
   }
 
   // ---- presence ---------------------------------------------------------------------------
-  async claim (clientId: string): Promise<void> {
+  async claim (clientId: string, since = Date.now()): Promise<boolean> {
     const { instanceId } = this.#ctx
-    const previous = await this.#call(async (client) => await client.set(this.#owner(clientId), instanceId, 'PX', presenceTtl, 'GET'))
-    if (!this.#held.has(clientId)) this.#held.set(clientId, undefined)
-    if (previous !== null && previous !== instanceId) await this.#publishControl(previous, { t: 'r', c: clientId })
+    since = Math.floor(since)
+    const [claimed, previous] = await this.#script(scripts.claim, [this.#owner(clientId)], [instanceId, since, presenceTtl]) as [number, string]
+    if (Number(claimed) !== 1) return false
+    const held = this.#held.get(clientId)
+    if (held === undefined || held.since <= since) this.#held.set(clientId, { since, saved: held?.saved })
+    if (previous !== '' && previous !== instanceId) await this.#publishControl(previous, { t: 'r', c: clientId, s: since })
+    return true
   }
 
   async release (clientId: string): Promise<void> {
@@ -565,8 +577,10 @@ class RedisAdapter implements StabilizerAdapter {
 
   /** The instance holding `clientId`, if it is alive. */
   async #holder (clientId: string): Promise<string | undefined> {
-    const owner = await this.#call(async (client) => await client.get(this.#owner(clientId)))
-    if (owner === null) return undefined
+    const value = await this.#call(async (client) => await client.get(this.#owner(clientId)))
+    if (value === null) return undefined
+    const at = value.lastIndexOf('@')
+    const owner = at < 0 ? value : value.slice(0, at)
     if (owner === this.#ctx.instanceId || this.#alive.has(owner)) return owner
     // An instance that started since the last heartbeat is not in the view yet.
     const alive = await this.#call(async (client) => await client.exists(this.#instancePrefix + owner))
@@ -596,19 +610,22 @@ class RedisAdapter implements StabilizerAdapter {
   async saveSession (record: SessionRecord): Promise<void> {
     const value = `${Buffer.byteLength(record.sessionId)}:${record.sessionId}${JSON.stringify(record)}`
     await this.#call(async (client) => await client.set(this.#session(record.clientId), value, 'PX', this.#limits.retentionMs))
-    if (this.#held.has(record.clientId)) this.#held.set(record.clientId, value)
+    const held = this.#held.get(record.clientId)
+    if (held !== undefined) held.saved = value
   }
 
   async takeSession (clientId: string, sessionId: string): Promise<SessionRecord | undefined> {
     const value = await this.#script(scripts.takeSession, [this.#session(clientId)], [sessionId]) as string | null
     if (value === null) return undefined
-    if (this.#held.has(clientId)) this.#held.set(clientId, undefined) // taken: never written again
+    const held = this.#held.get(clientId)
+    if (held !== undefined) held.saved = undefined // taken: never written again
     return JSON.parse(value.slice(`${Buffer.byteLength(sessionId)}:${sessionId}`.length)) as SessionRecord
   }
 
   async dropSession (clientId: string, sessionId: string): Promise<void> {
     await this.#script(scripts.dropSession, [this.#session(clientId)], [sessionId])
-    if (this.#held.get(clientId)?.startsWith(`${Buffer.byteLength(sessionId)}:${sessionId}`) === true) this.#held.set(clientId, undefined)
+    const held = this.#held.get(clientId)
+    if (held?.saved?.startsWith(`${Buffer.byteLength(sessionId)}:${sessionId}`) === true) held.saved = undefined
   }
 
   // ---- tokens -----------------------------------------------------------------------------
