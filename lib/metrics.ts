@@ -270,7 +270,7 @@ export function registerSeries (client: PromClient, registry: MetricsRegistry, s
     histogram('heartbeat_rtt_seconds', 'Round-trip time of answered heartbeats.', [], buckets.heartbeatRtt),
     histogram('connection_duration_seconds', 'Lifetime of closed connections, from registration to close.', [], buckets.connectionDuration),
     broadcastSeconds,
-    histogram('adapter_publish_duration_seconds', 'Time a successful publish through the scale-out adapter took.', [], buckets.adapterPublish)
+    histogram('adapter_publish_duration_seconds', 'Time a successful publish through the adapter took (every broadcast, and sendToClient but to a plain client connected here; the in-process adapter\'s too).', [], buckets.adapterPublish)
   )
 
   // Lifecycle
@@ -289,7 +289,7 @@ export function registerSeries (client: PromClient, registry: MetricsRegistry, s
     }
     return [...byLabel].map(([code, count]) => [{ code }, count])
   })
-  counter('upgrades_rejected_total', 'Upgrades refused before they happened, by reason (connection_limit, shutting_down, identity, origin, ip_limit, connect_rate).', ['reason'], (s) =>
+  counter('upgrades_rejected_total', 'Upgrades refused before they happened, by reason (connection_limit, shutting_down, identity, token, origin, ip_limit, connect_rate).', ['reason'], (s) =>
     Object.entries(s.stats.rejectedUpgrades).map(([reason, count]) => [{ reason: snakeCase(reason) }, count]))
   gauge('state', 'Lifecycle of the stabilizer: 1 for its current state (running, draining, closed), 0 for the others.', ['state'], (s) =>
     lifecycleStates.map((state) => [{ state }, s.stats.status === state ? 1 : 0]))
@@ -339,9 +339,10 @@ export function registerSeries (client: PromClient, registry: MetricsRegistry, s
   }
 
   // Adapter
-  counter('adapter_publish_errors_total', 'Publishes through the scale-out adapter that failed (its store unreachable).', [], () => recorder.adapterErrors)
-  gauge('adapter_connected', 'Whether the shared adapter reaches its store (1) or not (0); absent with the in-process adapter.', [], () =>
-    recorder.adapterUp === undefined ? undefined : recorder.adapterUp ? 1 : 0)
+  counter('adapter_publish_errors_total', 'Publishes through the adapter that failed (a shared adapter\'s store unreachable).', [], () => recorder.adapterErrors)
+  // A shared adapter reports changes only: until its first outage, its started cluster view says it is up.
+  gauge('adapter_connected', 'Whether the shared adapter reaches its store (1) or not (0); absent with the in-process adapter.', [], (s) =>
+    recorder.adapterUp === undefined ? (s.stats.cluster === undefined ? undefined : 1) : recorder.adapterUp ? 1 : 0)
 
   gauge('build_info', 'Always 1; the version label is the plugin\'s.', ['version'], () => [[{ version }, 1]])
 

@@ -8,6 +8,7 @@ import { setupMetrics } from '../lib/metrics-route.js'
 import { resolveOptions, type ResolvedMetricsOptions } from '../lib/options.js'
 import { buildApp, closeOf, httpUrl, listen, openClient, refusal, waitFor } from './fixtures/server.js'
 import { openRawPeer } from './fixtures/raw-peer.js'
+import { ProtocolPeer } from './fixtures/protocol-peer.js'
 import { promtool, scrape } from './fixtures/prometheus.js'
 
 const p = 'websocket_stabilizer_'
@@ -158,6 +159,91 @@ void t.test('resumes: by outcome, resumed connections, and a refused token', asy
   second.terminate()
 })
 
+void t.test('resumes over sockets: full and partial replays counted, replayed messages as many as came back', async (t) => {
+  const { app, url, metricsUrl } = await metricsApp(t, { metrics: true, replayBufferSize: 10 })
+  // A full replay: two direct messages while away, both come back.
+  const first = await ProtocolPeer.open(`${url}/ws/fay`)
+  await app.stabilizer.sendToClient('fay', 'seen')
+  await first.until(() => first.messages.length === 1)
+  first.socket.terminate()
+  await waitFor(() => app.stabilizer.getMemoryUsage().retainedSessions === 1)
+  for (let i = 0; i < 2; i++) await app.stabilizer.sendToClient('fay', `away ${i}`)
+  const second = await ProtocolPeer.open(`${url}/ws/fay`, { token: first.welcome!.token!, positions: first.positionsNow() })
+  await second.until(() => second.messages.length === 2)
+  t.match(second.welcome!.resume, { outcome: 'full', replayed: 2, missed: 0 })
+
+  // A partial replay: more while away than the log keeps.
+  second.socket.terminate()
+  await waitFor(() => app.stabilizer.getMemoryUsage().retainedSessions === 1)
+  for (let i = 0; i < 25; i++) await app.stabilizer.sendToClient('fay', `gone ${i}`)
+  const third = await ProtocolPeer.open(`${url}/ws/fay`, { token: second.welcome!.token!, positions: second.positionsNow() })
+  await third.until(() => third.messages.length === 10)
+  t.match(third.welcome!.resume, { outcome: 'partial', replayed: 10, missed: 15 })
+  t.teardown(() => { third.socket.terminate() })
+
+  const replayed = second.messages.length + third.messages.length
+  const s = await scrape(metricsUrl)
+  t.equal(s.value(`${p}resumes_total`, { result: 'full', state_restored: 'true' }), 1)
+  t.equal(s.value(`${p}resumes_total`, { result: 'partial', state_restored: 'true' }), 1)
+  t.equal(s.value(`${p}resumes_total`, { result: 'none', state_restored: 'true' }), 0)
+  t.equal(s.value(`${p}replayed_messages_total`), replayed, 'the messages the peers received on resuming')
+  t.equal(s.value(`${p}replayed_messages_total`), second.welcome!.resume!.replayed + third.welcome!.resume!.replayed)
+  t.equal(s.value(`${p}missed_messages_total`), 15)
+  t.equal(s.value(`${p}connections_opened_total`, { resumed: 'true' }), 2)
+  t.equal(s.value(`${p}connections_opened_total`, { resumed: 'false' }), 1)
+})
+
+void t.test('no client id, IP, token or unlisted group name in any label value', async (t) => {
+  const ip = '203.0.113.77'
+  const headers = { 'x-forwarded-for': ip }
+  const ids = ['cid-zq81vexa', 'cid-xk27wubo', 'cid-mv53tyli']
+  const hidden = 'grp-hidden-w4jc'
+  const app = await buildApp({ metrics: { groups: ['room'] }, heartbeatInterval: 100, maxConnectionsPerIp: 2 }, { trustProxy: true })
+  t.teardown(async () => await app.close())
+  const url = await listen(app)
+  const metricsUrl = `${httpUrl(url)}/metrics`
+
+  const ada = await openClient(`${url}/ws/${ids[0]}`, { headers })
+  const bob = await openClient(`${url}/ws/${ids[1]}`, { headers })
+  await waitFor(() => app.stabilizer.getConnectionCount() === 2)
+  t.equal(app.stabilizer.getConnection(ids[0])?.remoteAddress, ip, 'the forwarded address is the client\'s IP')
+  t.equal((await refusal(`${url}/ws/${ids[2]}`, { headers })).statusCode, 429, 'refused: one IP over its limit')
+  for (const id of ids.slice(0, 2)) {
+    app.stabilizer.join(id, hidden)
+    app.stabilizer.join(id, 'room')
+  }
+  ada.send('hello')
+  await app.stabilizer.broadcast('to the hidden group', { group: hidden })
+  await app.stabilizer.sendToClient(ids[1], 'direct')
+  await waitFor(() => app.stabilizer.getStats().heartbeat.pongsReceived >= 2)
+
+  const token = app.stabilizer.generateReconnectToken(ids[0])
+  ada.terminate()
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1 && app.stabilizer.getMemoryUsage().retainedSessions === 1)
+  const again = await openClient(`${url}/ws/${ids[0]}?token=${token}`, { headers })
+  t.teardown(() => { again.terminate() })
+  await waitFor(() => app.stabilizer.getConnectionCount() === 2)
+  t.equal((await refusal(`${url}/ws/${ids[0]}?token=${token}`, { headers })).statusCode, 401, 'a reused token is refused')
+  const closed = closeOf(bob)
+  bob.close(4321, ids[1])
+  await closed
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+
+  const s = await scrape(metricsUrl)
+  t.equal(s.value(`${p}upgrades_rejected_total`, { reason: 'ip_limit' }), 1)
+  t.equal(s.value(`${p}upgrades_rejected_total`, { reason: 'token' }), 1)
+  t.equal(s.value(`${p}resumes_total`, { result: 'none', state_restored: 'true' }), 1)
+  t.equal(s.value(`${p}group_members`, { group: 'room' }), 1, 'a listed group is a label')
+  const values = s.samples.flatMap((sample) => Object.values(sample.labels))
+  t.ok(values.length > 50, `${values.length} label values`)
+  for (const secret of [...ids, ip, '127.0.0.1', token, hidden]) {
+    const found = values.filter((value) => value.includes(secret))
+    t.same(found, [], `no label value carries ${secret === token ? 'the token' : secret}`)
+  }
+  // Any token fragment would do as well: no label value is long enough to carry one.
+  t.ok(values.every((value) => value.length < 24), 'every label value is short')
+})
+
 void t.test('the adapter series, as a shared adapter reports them', async (t) => {
   const { app, metricsUrl } = await metricsApp(t, { metrics: true })
   const recorder = app.stabilizer.metrics!
@@ -174,26 +260,91 @@ void t.test('the adapter series, as a shared adapter reports them', async (t) =>
 })
 
 void t.test('promtool check metrics finds nothing in a scrape after traffic that touched every series', async (t) => {
-  const { app, url, metricsUrl } = await metricsApp(t, { metrics: { groups: ['room'] }, heartbeatInterval: 100 })
+  const { app, url, metricsUrl } = await metricsApp(t, {
+    metrics: { groups: ['room'] },
+    heartbeatInterval: 100,
+    heartbeatTimeout: 1000,
+    maxConnections: 3,
+    maxBufferedAmount: 64 * 1024,
+    slowConsumerPolicy: 'drop',
+    inboundMessageRate: 2,
+    rateLimitPolicy: 'drop',
+    maxMessageSize: 1024,
+    replayBufferSize: 5
+  })
   const one = await openClient(`${url}/ws/one`)
-  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
+  const fast = await openClient(`${url}/ws/fast`)
+  // A raw peer neither reads once paused nor answers heartbeats: a slow consumer first, then a heartbeat timeout.
+  const stalled = await openRawPeer(url, '/ws/stalled')
+  t.teardown(() => stalled.destroy())
+  await waitFor(() => app.stabilizer.getConnectionCount() === 3)
+  t.equal((await refusal(`${url}/ws/extra`)).statusCode, 503, 'refused at maxConnections')
+
+  stalled.socket.pause()
+  const chunk = Buffer.alloc(32 * 1024, 1)
+  let dropped = 0
+  for (let i = 0; i < 2000 && dropped < 1 && app.stabilizer.getConnection('stalled') !== undefined; i++) {
+    dropped += (await app.stabilizer.broadcast(chunk)).dropped
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.ok(dropped >= 1, 'a broadcast dropped for the stalled reader')
+  for (let i = 0; i < 10; i++) fast.send('m')
+  await waitFor(() => app.stabilizer.getStats().protection.inboundDropped >= 1)
+  fast.terminate()
+  await waitFor(() => app.stabilizer.getStats().heartbeat.timeouts >= 1 && app.stabilizer.getConnectionCount() === 1)
+
+  const big = await openClient(`${url}/ws/big`)
+  const bigClosed = closeOf(big)
+  big.send(Buffer.alloc(2048))
+  t.equal((await bigClosed).code, 1009)
+
   app.stabilizer.join('one', 'room')
   one.send('hi')
   await app.stabilizer.broadcast('all')
   await app.stabilizer.broadcast('room', { group: 'room' })
+
+  // A stabilizer.v1 session away for longer than its log: a partial replay (replayed and missed messages).
+  const peer = await ProtocolPeer.open(`${url}/ws/peer`)
+  peer.socket.terminate()
+  await waitFor(() => app.stabilizer.getMemoryUsage().retainedSessions === 1)
+  for (let i = 0; i < 8; i++) await app.stabilizer.sendToClient('peer', `away ${i}`)
+  const back = await ProtocolPeer.open(`${url}/ws/peer`, { token: peer.welcome!.token!, positions: peer.positionsNow() })
+  await back.until(() => back.messages.length === 5)
+  t.match(back.welcome!.resume, { outcome: 'partial' })
+
   const token = app.stabilizer.generateReconnectToken('one')
   one.terminate()
-  await waitFor(() => app.stabilizer.getConnectionCount() === 0)
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1)
   const again = await openClient(`${url}/ws/one?token=${token}`)
+  t.equal((await refusal(`${url}/ws/two?token=garbage`)).statusCode, 401)
   await waitFor(() => app.stabilizer.getStats().heartbeat.pongsReceived >= 1)
-  const closed = closeOf(again)
+  const closed = [closeOf(again), closeOf(back.socket)]
   await app.stabilizer.gracefulShutdown(1000)
-  await closed
+  await Promise.all(closed)
+
   const s = await scrape(metricsUrl)
   t.equal(s.value(`${p}group_members`, { group: 'room' }), 0)
   t.equal(s.value(`${p}state`, { state: 'closed' }), 1)
   t.ok(s.has(`${p}shutdown_duration_seconds`), 'the drain has a duration now')
-  t.equal(s.value(`${p}close_codes_total`, { code: '1012' }), 1)
+  t.equal(s.value(`${p}close_codes_total`, { code: '1012' }), 2)
+  for (const reason of ['slow_consumer', 'rate_limit', 'too_large']) t.ok((s.value(`${p}messages_dropped_total`, { reason }) ?? 0) > 0, `dropped: ${reason}`)
+  for (const reason of ['connection_limit', 'token']) t.ok((s.value(`${p}upgrades_rejected_total`, { reason }) ?? 0) > 0, `refused: ${reason}`)
+  t.ok((s.value(`${p}heartbeat_timeouts_total`) ?? 0) > 0, 'a heartbeat timeout')
+  t.equal(s.value(`${p}connections_closed_total`, { cause: 'heartbeat_timeout' }), s.value(`${p}heartbeat_timeouts_total`))
+
+  // Every counter and histogram has a non-zero sample, but those this traffic cannot reach.
+  const families = new Map<string, string>()
+  for (const line of s.text.split('\n')) {
+    const type = /^# TYPE (\S+) (\S+)$/.exec(line)
+    if (type !== null) families.set(type[1], type[2])
+  }
+  const untouched = [...families].filter(([name, type]) => type !== 'gauge' && !s.samples.some((sample) =>
+    (type === 'histogram' ? sample.name === `${name}_count` : sample.name === name) && sample.value > 0)).map(([name]) => name.slice(p.length))
+  t.same(untouched.sort(), [
+    'adapter_publish_errors_total', // the in-process adapter does not fail
+    'heartbeat_reprieves_total' // an event-loop stall at a heartbeat deadline
+  ], 'counters and histograms left at zero')
+
   const check = promtool(['check', 'metrics'], s.text)
   t.equal(check.status, 0, check.output)
   t.equal(check.output.trim(), '', 'no lint finding')
