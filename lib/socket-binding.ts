@@ -1,16 +1,15 @@
 /**
- * What ties a socket to its connection: one set of listeners shared by every socket (no
- * closure per socket), the interception of custom pongs, over-the-rate messages and
- * `stabilizer.v1` control frames before any 'message' listener, and the protocol's frames out.
+ * What ties a socket to its connection: listeners shared by every socket, interception of
+ * pongs, over-the-rate messages and `stabilizer.v1` control frames, and heartbeat frames out.
  */
 import { WebSocket } from 'ws'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Connection } from './connection.js'
 import type { HeartbeatScheduler } from './heartbeat.js'
 import type { ResolvedOptions } from './options.js'
-import { parseClientFrame, type ClientFrame } from './protocol.js'
+import { parseClientFrame, pingFrame, type ClientFrame } from './protocol.js'
 import { InboundBudget, inboundSize } from './rate-limit.js'
-import { giveCloseReasons, protocolErrorCloseCode, takePongs } from './wire.js'
+import { giveCloseReasons, protocolErrorCloseCode, sendEmptyPing, takePongs } from './wire.js'
 
 const kConnection = Symbol('fastify-websocket-stabilizer.connection')
 type TrackedSocket = WebSocket & { [kConnection]?: Connection }
@@ -48,7 +47,7 @@ export class SocketBinding {
   private readonly interceptProtocol: (this: TrackedSocket, event: string | symbol, ...args: unknown[]) => boolean
   private readonly rateLimited: boolean
 
-  constructor (private readonly options: ResolvedOptions, private readonly heartbeat: HeartbeatScheduler | undefined, host: BindingHost, log: FastifyBaseLogger) {
+  constructor (private readonly options: ResolvedOptions, private readonly heartbeat: HeartbeatScheduler | undefined, host: BindingHost, private readonly log: FastifyBaseLogger) {
     const { anyMessageIsAlive, isCustomPong, inboundMessageRate, inboundByteRate } = options
     this.rateLimited = inboundMessageRate > 0 || inboundByteRate > 0
     this.onClose = function (code, reason) {
@@ -149,6 +148,25 @@ export class SocketBinding {
     if (this.rateLimited) connection.inbound = new InboundBudget(this.options.inboundMessageRate, this.options.inboundByteRate, performance.now())
     if (connection.protocol) socket.emit = this.interceptProtocol
     else if (this.interceptMessages !== undefined) socket.emit = this.interceptMessages
+  }
+
+  /** Sends the connection's heartbeat in its kind (protocol ping, `stabilizer.v1` frame or custom message); false if it could not. */
+  sendHeartbeat (connection: Connection): boolean {
+    if (connection.state !== 'open' || connection.socket.readyState !== WebSocket.OPEN) return false
+    try {
+      if (connection.protocol) {
+        // Nothing may precede the welcome; the ping waits for the next round.
+        if (connection.catchUp === undefined || !connection.catchUp.waitingForWelcome) connection.socket.send(pingFrame(Date.now()))
+      } else if (this.options.heartbeatType === 'ping') {
+        sendEmptyPing(connection.socket)
+      } else {
+        connection.socket.send(this.options.customPing(Date.now()))
+      }
+      return true
+    } catch (err) {
+      this.log.debug({ err, clientId: connection.id }, 'websocket heartbeat not sent')
+      return false
+    }
   }
 }
 

@@ -1,7 +1,6 @@
 /**
  * `app.stabilizer`, the public API: connections' lifecycle from attach to closed, and the
- * composition of the parts (binding, registry, heartbeat, fan-out, user data, tokens, resume,
- * the adapter that everything another instance must see crosses).
+ * composition of the parts that do the work.
  */
 import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
@@ -13,24 +12,25 @@ import { CloseCode } from './close-codes.js'
 import { Connection, type DisconnectCause, type StabilizedConnection } from './connection.js'
 import {
   BroadcastFailedError, ConnectionLimitExceededError, ConnectionNotFoundError, InvalidClientIdError,
-  InvalidTokenError, ShutdownError, WebSocketStabilizerError
+  InvalidTokenError, ShutdownError
 } from './errors.js'
-import { fanOut, Outbound, writeTo, type BroadcastResult } from './fanout.js'
+import { fanOut, Outbound, type BroadcastResult } from './fanout.js'
 import { HeartbeatScheduler } from './heartbeat.js'
 import { encodeMessage, type OutboundMessage } from './message.js'
-import type { ResolvedOptions, ResumeInfo } from './options.js'
+import type { ResolvedOptions } from './options.js'
 import { paced } from './paced.js'
-import { followFrame, pingFrame, subprotocol, unfollowFrame, type Welcome } from './protocol.js'
+import { followFrame, subprotocol, unfollowFrame } from './protocol.js'
 import { Registry } from './registry.js'
-import { allowsResume, sessionRecord, StreamStarter, type ResumeRequest, type StreamStart } from './resume.js'
+import { StreamStarter, type ResumeRequest } from './resume.js'
 import { drain, type LifecycleState, type ShutdownReport } from './shutdown.js'
 import { isBound, SocketBinding } from './socket-binding.js'
-import { Counters, mapToRecord, rttPercentiles, type MemoryUsage, type RejectionReason, type StabilizerStats } from './stats.js'
+import { collectStats, Counters, memoryUsage, type MemoryUsage, type RejectionReason, type StabilizerStats } from './stats.js'
 import { ReconnectTokens, type TokenClaims } from './tokens.js'
 import { UserData } from './user-data.js'
+import { Sessions } from './sessions.js'
+import { inBackground, runHook } from './unawaited.js'
 import { Delivery } from './delivery.js'
 import type { StabilizerMetrics } from './metrics.js'
-import { sendEmptyPing } from './wire.js'
 
 export type { MemoryUsage, StabilizerStats, HeartbeatStats, RttPercentiles, ProtectionStats, ClusterStats } from './stats.js'
 export type { ResumeRequest } from './resume.js'
@@ -60,6 +60,7 @@ export class Stabilizer {
   private readonly userData: UserData
   private readonly binding: SocketBinding
   private readonly streams: StreamStarter
+  private readonly sessions: Sessions
   private readonly counters = new Counters()
   private readonly instanceId = randomBytes(9).toString('base64url')
   private lifecycle: LifecycleState = 'running'
@@ -83,7 +84,7 @@ export class Stabilizer {
     this.heartbeat = options.heartbeatInterval === 0
       ? undefined
       : new HeartbeatScheduler({ interval: options.heartbeatInterval, timeout: options.heartbeatTimeout }, {
-        sendPing: (beating) => this.sendHeartbeat(beating as Connection),
+        sendPing: (beating) => this.binding.sendHeartbeat(beating as Connection),
         terminate: (beating) => {
           const connection = beating as Connection
           this.log.debug({ clientId: connection.id, lastRtt: connection.lastRtt, timeoutMs: options.heartbeatTimeout }, 'websocket heartbeat timeout')
@@ -92,6 +93,16 @@ export class Stabilizer {
         measured: (rttMs) => this.metrics?.rtt(rttMs)
       })
     const self = this
+    this.sessions = new Sessions({
+      options,
+      adapter: this.adapter,
+      registry: this.registry,
+      userData: this.userData,
+      tokens: this.tokens,
+      log,
+      get metrics () { return self.metrics },
+      get running () { return self.lifecycle === 'running' }
+    })
     this.delivery = new Delivery(this.adapter, this.registry, options, this.counters.protection, {
       get metrics () { return self.metrics },
       closeConnection: (connection, code, reason, cause) => this.closeConnection(connection, code, reason, cause)
@@ -104,7 +115,7 @@ export class Stabilizer {
         this.registry.deactivate(connection)
       },
       overRate: (connection) => this.overRate(connection),
-      tokenRequested: (connection) => this.sendTokenInBand(connection),
+      tokenRequested: (connection) => this.sessions.sendTokenInBand(connection),
       malformed: (connection) => {
         this.log.debug({ clientId: connection.id }, 'websocket protocol error: malformed stabilizer.v1 frame')
         this.closeConnection(connection, CloseCode.PROTOCOL_ERROR, 'malformed stabilizer.v1 frame', 'protocol_error')
@@ -112,7 +123,7 @@ export class Stabilizer {
     }, log)
     const replayLimit = options.enableReconnect ? options.replayBufferSize : 0
     this.streams = new StreamStarter(this.adapter, replayLimit, {
-      welcome: (connection, start) => this.welcome(connection, start),
+      welcome: (connection, start) => this.sessions.welcome(connection, start),
       follow: (connection, stream, position) => { connection.socket.send(followFrame(stream, position.epoch, position.seq)) },
       send: (connection, message) => { this.delivery.deliverOne(connection, message) }
     }, log)
@@ -259,7 +270,7 @@ export class Stabilizer {
     const connection = this.registry.get(clientId)
     if (connection === undefined || !this.registry.join(connection, group)) return false
     if (connection.protocol) this.streams.follow(connection, groupStream(group))
-    this.writeThrough(connection)
+    this.sessions.writeThrough(connection)
     return true
   }
 
@@ -268,7 +279,7 @@ export class Stabilizer {
     const connection = this.registry.get(clientId)
     if (connection === undefined || !this.registry.leave(connection, group)) return false
     if (connection.protocol && this.streams.unfollow(connection, groupStream(group))) connection.socket.send(unfollowFrame(groupStream(group)))
-    this.writeThrough(connection)
+    this.sessions.writeThrough(connection)
     return true
   }
 
@@ -301,13 +312,10 @@ export class Stabilizer {
 
   /** @internal The token and its expiry (ms since the epoch). */
   issueToken (clientId: string): { token: string, expiresAt: number } {
-    this.assertReconnectEnabled()
+    this.sessions.assertReconnectEnabled()
     const connection = this.registry.get(clientId)
     if (connection === undefined) throw new ConnectionNotFoundError(clientId)
-    const first = !connection.hasSession
-    const issued = this.tokens.issue(clientId, connection.sessionId)
-    if (first) this.writeThrough(connection)
-    return issued
+    return this.sessions.issueToken(connection)
   }
 
   /** @internal Whether `secret` is the connection secret of the client's open connection (constant time). */
@@ -326,7 +334,7 @@ export class Stabilizer {
    * @throws TokenExpiredError expired.
    */
   async validateReconnectToken (token: string): Promise<string> {
-    this.assertReconnectEnabled()
+    this.sessions.assertReconnectEnabled()
     const claims = this.tokens.verify(token)
     if (!await this.tokens.redeem(claims)) throw new InvalidTokenError('already used')
     return claims.cid
@@ -366,7 +374,7 @@ export class Stabilizer {
     const connection = this.registry.get(clientId)
     if (connection === undefined) throw new ConnectionNotFoundError(clientId)
     this.userData.set(connection, key, value, this.registry.connections())
-    this.writeThrough(connection)
+    this.sessions.writeThrough(connection)
   }
 
   /** The value stored under `key`, or undefined (also for an unknown client). */
@@ -375,47 +383,20 @@ export class Stabilizer {
   }
 
   getMemoryUsage (): MemoryUsage {
-    let bufferedBytes = 0
-    for (const connection of this.registry.live) bufferedBytes += connection.socket.bufferedAmount
-    const connections = this.registry.size
-    const held = this.userData.total + bufferedBytes
-    const retained = this.adapter.retained?.() ?? { sessions: 0, bytes: 0 }
-    return {
-      connections,
-      userDataBytes: this.userData.total,
-      bufferedBytes,
-      retainedSessionBytes: retained.bytes,
-      retainedSessions: retained.sessions,
-      averageBytesPerConnection: connections === 0 ? 0 : Math.round(held / connections)
-    }
+    return memoryUsage(this.registry, this.userData.total, this.adapter.retained?.())
   }
 
   /** What `GET /ws-stats` returns. */
   getStats (): StabilizerStats {
-    const stats: StabilizerStats = {
+    return collectStats({
       status: this.lifecycle,
-      uptimeMs: Date.now() - this.counters.startedAt,
-      activeConnections: this.registry.size,
-      totalConnections: this.counters.opened,
-      totalDisconnections: this.counters.closed,
-      closedByCode: mapToRecord(this.counters.closedByCode),
-      closedByCause: mapToRecord(this.counters.closedByCause),
-      rejectedUpgrades: { ...this.counters.rejected },
-      groups: this.registry.groupCount,
+      counters: this.counters,
+      registry: this.registry,
       memory: this.getMemoryUsage(),
-      protection: { ...this.counters.protection },
-      heartbeat: {
-        type: this.options.heartbeatType,
-        intervalMs: this.options.heartbeatInterval,
-        timeoutMs: this.options.heartbeatTimeout,
-        ...(this.heartbeat?.counters ?? { pingsSent: 0, pongsReceived: 0, timeouts: 0, reprieves: 0, longestTickMs: 0 }),
-        rttMs: rttPercentiles(this.registry.connections())
-      }
-    }
-    const cluster = this.adapter.cluster()
-    if (cluster !== undefined) stats.cluster = { ...cluster }
-    if (this.options.statsIncludeClientIds) stats.clientIds = this.getActiveConnections()
-    return stats
+      heartbeat: this.heartbeat?.counters,
+      cluster: this.adapter.cluster(),
+      options: this.options
+    })
   }
 
   /**
@@ -477,13 +458,13 @@ export class Stabilizer {
       replaced.close(CloseCode.REPLACED, 'replaced by a newer connection', 'replaced', this.options.closeTimeout)
     }
     this.adapter.subscribe(clientStream(clientId))
-    this.background(this.adapter.claim(clientId, connection.connectedAt).then((claimed) => {
+    inBackground(this.log, this.adapter.claim(clientId, connection.connectedAt).then((claimed) => {
       // A connection that opened later holds the id on another instance: this one is the older.
       if (!claimed && this.registry.get(clientId) === connection) this.replacedElsewhere(connection)
     }), 'claim')
     this.log.debug({ clientId, replaced: replaced !== undefined }, 'websocket connected')
     this.heartbeat?.add(connection)
-    const stateRestored = resume === undefined ? false : this.restore(connection, resume, replaced)
+    const stateRestored = resume === undefined ? false : this.sessions.restore(connection, resume, replaced)
     if (connection.protocol) {
       const streams = [allStream, clientStream(clientId), ...[...connection.groups].map(groupStream)]
       this.streams.start(connection, streams, resume === undefined ? undefined : { positions: resume.positions, stateRestored })
@@ -493,8 +474,8 @@ export class Stabilizer {
       this.closeConnection(connection, this.options.shutdownCloseCode, 'server shutting down', 'shutdown')
       return connection
     }
-    if (this.options.onConnect !== undefined) this.runHook('onConnect', () => this.options.onConnect?.(connection))
-    if (resume !== undefined && !connection.protocol) this.resumed(connection, { sessionId: resume.sessionId, stateRestored, replay: 'none', replayed: 0, missed: 0, historyLost: false })
+    if (this.options.onConnect !== undefined) runHook(this.log, 'onConnect', () => this.options.onConnect?.(connection))
+    if (resume !== undefined && !connection.protocol) this.sessions.resumed(connection, { sessionId: resume.sessionId, stateRestored, replay: 'none', replayed: 0, missed: 0, historyLost: false })
     return connection
   }
 
@@ -534,7 +515,7 @@ export class Stabilizer {
     connection.closeCause = cause
     this.registry.remove(connection)
     this.adapter.unsubscribe(clientStream(connection.id))
-    this.endSession(connection, cause, code)
+    this.sessions.ended(connection, cause, code)
     connection.ticket?.release()
     connection.ticket = undefined
     connection.catchUp = undefined
@@ -547,114 +528,14 @@ export class Stabilizer {
     const reason = reasonBuffer.length > 0 ? reasonBuffer.toString() : code === CloseCode.ABNORMAL ? cause : ''
     this.log.debug({ clientId: connection.id, code, cause, durationMs: Date.now() - connection.connectedAt }, 'websocket disconnected')
     const { onDisconnect } = this.options
-    if (onDisconnect !== undefined) this.runHook('onDisconnect', () => onDisconnect(connection, code, reason))
+    if (onDisconnect !== undefined) runHook(this.log, 'onDisconnect', () => onDisconnect(connection, code, reason))
   }
 
-  /** What becomes of a closed connection's session: retained for a resume, or forgotten. */
-  private endSession (connection: Connection, cause: DisconnectCause, code: number): void {
-    const replacedHere = this.registry.has(connection.id)
-    if (cause === 'replaced') return // the session lives on in the replacing connection
-    const keep = connection.hasSession && this.options.enableReconnect && allowsResume(cause, code, this.adapter.shared) &&
-      (this.lifecycle === 'running' || this.adapter.shared)
-    if (keep) this.background(this.adapter.saveSession(sessionRecord(connection, this.userData.serialize(connection))), 'saveSession')
-    else if (connection.hasSession && this.adapter.shared) this.background(this.adapter.dropSession(connection.id, connection.sessionId), 'dropSession')
-    if (!replacedHere) this.background(this.adapter.release(connection.id), 'release')
-  }
-
-  /** Gives a resuming connection its session's state: from the connection it replaces here, or from the record. */
-  private restore (connection: Connection, resume: ResumeRequest, replaced: Connection | undefined): boolean {
-    connection.continueSession(resume.sessionId)
-    if (replaced !== undefined && replaced.hasSession && replaced.sessionId === resume.sessionId) {
-      this.userData.transfer(replaced, connection)
-      for (const group of replaced.groups) this.registry.join(connection, group)
-    } else if (resume.record !== undefined) {
-      this.userData.restore(connection, resume.record.userData)
-      for (const group of resume.record.groups) this.registry.join(connection, group)
-    } else {
-      return false
-    }
-    this.writeThrough(connection)
-    return true
-  }
-
-  /**
-   * The first frame on a `stabilizer.v1` connection, followed by the replayed and held messages
-   * in order. The replay goes out in one turn: it is bounded by the streams' logs.
-   */
-  private welcome (connection: Connection, start: StreamStart): void {
-    const issued = this.options.enableReconnect ? this.issueToken(connection.id) : undefined
-    const welcome: Welcome = {
-      t: 'welcome',
-      v: 1,
-      clientId: connection.id,
-      sessionId: connection.sessionId,
-      secret: connection.connectionSecret,
-      token: issued?.token ?? null,
-      tokenExpiresAt: issued?.expiresAt ?? null,
-      heartbeat: { interval: this.options.heartbeatInterval, timeout: this.options.heartbeatTimeout },
-      positions: start.positions,
-      resume: start.report ?? null
-    }
-    connection.socket.send(JSON.stringify(welcome))
-    for (const message of start.messages) writeTo(connection, message.frameFor(connection))
-    const { report } = start
-    if (report !== undefined) {
-      this.log.debug({ clientId: connection.id, stateRestored: report.stateRestored, replay: report.outcome, replayed: report.replayed, missed: report.missed, historyLost: report.historyLost }, 'websocket session resumed')
-      this.resumed(connection, { sessionId: connection.sessionId, stateRestored: report.stateRestored, replay: report.outcome, replayed: report.replayed, missed: report.missed, historyLost: report.historyLost })
-    }
-  }
-
-  private resumed (connection: Connection, info: ResumeInfo): void {
-    this.metrics?.resumed({ outcome: info.replay, stateRestored: info.stateRestored, replayed: info.replayed, missed: info.missed })
-    const { onResume } = this.options
-    if (onResume !== undefined && this.lifecycle === 'running') this.runHook('onResume', () => onResume(connection, info))
-  }
-
-  /** With a shared adapter, a session is written as it changes, so it survives this instance dying. */
-  private writeThrough (connection: Connection): void {
-    if (!this.adapter.shared || !connection.hasSession || !this.options.enableReconnect) return
-    this.background(this.adapter.saveSession(sessionRecord(connection, this.userData.serialize(connection))), 'saveSession')
-  }
-
-  private sendTokenInBand (connection: Connection): void {
-    let reply: string
-    const wait = this.options.enableReconnect ? this.tokens.takeRequest(connection.id) : -1
-    if (wait === 0) {
-      const { token, expiresAt } = this.issueToken(connection.id)
-      reply = JSON.stringify({ t: 'token', token, expiresAt })
-    } else {
-      reply = JSON.stringify({ t: 'token', token: null, retryAfter: wait < 0 ? null : wait })
-    }
-    connection.socket.send(reply)
-  }
-
-  /**
-   * An inbound message over the budget was dropped (never delivered); with
-   * `rateLimitPolicy: 'close'`, the connection is closed with 1008.
-   */
   private overRate (connection: Connection): void {
     this.counters.protection.inboundDropped++
     if (this.options.rateLimitPolicy === 'close' && this.closeConnection(connection, CloseCode.POLICY_VIOLATION, 'rate limit exceeded', 'rate_limited')) {
       this.counters.protection.rateLimitCloses++
       this.log.debug({ clientId: connection.id }, 'websocket closed for its inbound rate')
-    }
-  }
-
-  private sendHeartbeat (connection: Connection): boolean {
-    if (connection.state !== 'open' || connection.socket.readyState !== WebSocket.OPEN) return false
-    try {
-      if (connection.protocol) {
-        // Nothing may precede the welcome; the ping waits for the next round.
-        if (connection.catchUp === undefined || !connection.catchUp.waitingForWelcome) connection.socket.send(pingFrame(Date.now()))
-      } else if (this.options.heartbeatType === 'ping') {
-        sendEmptyPing(connection.socket)
-      } else {
-        connection.socket.send(this.options.customPing(Date.now()))
-      }
-      return true
-    } catch (err) {
-      this.log.debug({ err, clientId: connection.id }, 'websocket heartbeat not sent')
-      return false
     }
   }
 
@@ -672,10 +553,6 @@ export class Stabilizer {
       .catch((err: unknown) => { this.log.error({ err }, 'eviction failed') })
   }
 
-  private assertReconnectEnabled (): void {
-    if (!this.options.enableReconnect) throw new WebSocketStabilizerError('reconnect tokens are disabled (enableReconnect: false)')
-  }
-
   private async stopAdapter (): Promise<void> {
     try {
       await this.started
@@ -685,23 +562,9 @@ export class Stabilizer {
     }
   }
 
-  /** An adapter call nobody waits for: its failure is logged, never unhandled. */
+  /** The client connected again on another instance, later than here. */
   private replacedElsewhere (connection: Connection): void {
     this.closeConnection(connection, CloseCode.REPLACED, 'replaced by a newer connection', 'replaced')
-  }
-
-  private background (call: Promise<unknown>, what: string): void {
-    call.catch((err: unknown) => { this.log.warn({ err, call: what }, 'websocket adapter call failed') })
-  }
-
-  private runHook (name: string, call: () => unknown): void {
-    const fail = (err: unknown): void => { this.log.error({ err, hook: name }, `${name} hook failed`) }
-    try {
-      const result = call()
-      if (result instanceof Promise) result.catch(fail)
-    } catch (err) {
-      fail(err)
-    }
   }
 }
 

@@ -2,8 +2,10 @@
  * The stabilizer's counters and the shape of `GET /ws-stats`: everything here is O(1) to
  * update; percentiles are computed when stats are read.
  */
-import type { DisconnectCause } from './connection.js'
+import type { ClusterView } from './adapter/adapter.js'
+import type { Connection, DisconnectCause } from './connection.js'
 import type { HeartbeatCounters } from './heartbeat.js'
+import type { ResolvedOptions } from './options.js'
 import type { LifecycleState } from './shutdown.js'
 
 /** Why an upgrade was refused before it happened. */
@@ -112,4 +114,64 @@ export function rttPercentiles (connections: Iterable<{ readonly smoothedRtt: nu
   const sorted = Float64Array.from(values).sort()
   const at = (q: number): number => Math.round(sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] * 100) / 100
   return { samples: sorted.length, p50: at(0.5), p90: at(0.9), p99: at(0.99) }
+}
+
+/** What the stats are read from: the connections of this instance, as the registry holds them. */
+interface ConnectionsView {
+  readonly size: number
+  readonly groupCount: number
+  readonly live: ReadonlySet<Connection>
+  connections: () => Iterable<Connection>
+  ids: () => Iterable<string>
+}
+
+/** Memory held for the connections of this instance (buffers read now) and by the adapter's retained sessions. */
+export function memoryUsage (registry: ConnectionsView, userDataBytes: number, retained = { sessions: 0, bytes: 0 }): MemoryUsage {
+  let bufferedBytes = 0
+  for (const connection of registry.live) bufferedBytes += connection.socket.bufferedAmount
+  const connections = registry.size
+  return {
+    connections,
+    userDataBytes,
+    bufferedBytes,
+    retainedSessionBytes: retained.bytes,
+    retainedSessions: retained.sessions,
+    averageBytesPerConnection: connections === 0 ? 0 : Math.round((userDataBytes + bufferedBytes) / connections)
+  }
+}
+
+/** `GET /ws-stats` from the counters and the connections as they are now. */
+export function collectStats (from: {
+  readonly status: LifecycleState
+  readonly counters: Counters
+  readonly registry: ConnectionsView
+  readonly memory: MemoryUsage
+  readonly heartbeat: HeartbeatCounters | undefined
+  readonly cluster: ClusterView | undefined
+  readonly options: Pick<ResolvedOptions, 'heartbeatType' | 'heartbeatInterval' | 'heartbeatTimeout' | 'statsIncludeClientIds'>
+}): StabilizerStats {
+  const { counters, registry, options } = from
+  const stats: StabilizerStats = {
+    status: from.status,
+    uptimeMs: Date.now() - counters.startedAt,
+    activeConnections: registry.size,
+    totalConnections: counters.opened,
+    totalDisconnections: counters.closed,
+    closedByCode: mapToRecord(counters.closedByCode),
+    closedByCause: mapToRecord(counters.closedByCause),
+    rejectedUpgrades: { ...counters.rejected },
+    groups: registry.groupCount,
+    memory: from.memory,
+    protection: { ...counters.protection },
+    heartbeat: {
+      type: options.heartbeatType,
+      intervalMs: options.heartbeatInterval,
+      timeoutMs: options.heartbeatTimeout,
+      ...(from.heartbeat ?? { pingsSent: 0, pongsReceived: 0, timeouts: 0, reprieves: 0, longestTickMs: 0 }),
+      rttMs: rttPercentiles(registry.connections())
+    }
+  }
+  if (from.cluster !== undefined) stats.cluster = { ...from.cluster }
+  if (options.statsIncludeClientIds) stats.clientIds = [...registry.ids()]
+  return stats
 }
