@@ -1,13 +1,11 @@
 /**
  * The close-code contract, followed by the server and by the client library.
- *
- * Standard codes (RFC 6455 §7.4.1) are used where one fits. Application codes are
- * split by what the client should do next:
- * - 4000–4499: reconnect, with backoff;
- * - 4500–4999: do not reconnect (something must change first).
- *
- * The server never closes a socket with no code (the peer would see 1005).
  */
+
+// Standard codes (RFC 6455 §7.4.1) are used where one fits. Application codes are split by
+// what the client should do next: 4000–4499 reconnect with backoff; 4500–4999 do not
+// reconnect (something must change first). The server never closes a socket with no code
+// (the peer would see 1005).
 export const CloseCode = {
   /** The server or the client ended the session on purpose. */
   NORMAL: 1000,

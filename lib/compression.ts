@@ -1,6 +1,5 @@
-// What the `compression` option means: its schema, and the permessage-deflate options it
-// gives ws for each strategy ('per-socket': ws compresses every send; 'shared': broadcasts
-// are deflated once, see shared-deflate.ts).
+// What the `compression` option means: its schema, and the permessage-deflate options each
+// strategy gives ws ('per-socket': ws deflates every send; 'shared': see shared-deflate.ts).
 import { Type, type Static } from '@sinclair/typebox'
 import type { PerMessageDeflateOptions } from 'ws'
 import { leastSharedWindowBits, SharedDeflate } from './shared-deflate.js'

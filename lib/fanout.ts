@@ -9,7 +9,8 @@ import type { Connection } from './connection.js'
 import type { EncodedMessage } from './message.js'
 import { binaryMessageFrame, textMessageFrame, textPayload } from './protocol.js'
 import { DeflatedFrames, type SharedDeflate } from './shared-deflate.js'
-import { idleTransport, plainFrameTransport, serverWindowBits, sharedDeflateOf, wholeFrame } from './wire.js'
+import { wholeFrame } from './frame.js'
+import { idleTransport, plainFrameTransport, serverWindowBits, sharedDeflateOf } from './wire.js'
 
 /**
  * Honest counts of one broadcast on this instance.

@@ -1,7 +1,6 @@
 /**
- * Token buckets for inbound traffic, one per connection when rate limiting is on. A bucket
- * holds one second of its rate and refills continuously: "at most N per second, over any
- * one-second window, on average".
+ * Token buckets for a connection's inbound messages and bytes: each holds one second of its
+ * rate and refills continuously ("at most N per second over any one-second window").
  */
 export class InboundBudget {
   private messages: number

@@ -1,7 +1,6 @@
 /**
- * Sessions across connections: which disconnects keep a session, what a retained session is
- * (a serializable record any instance can resume), and how a `stabilizer.v1` connection starts
- * following its streams at exact positions — the welcome's, a resume's replay, a join's.
+ * Which disconnects keep a session, the record any instance resumes it from, and how a
+ * `stabilizer.v1` connection starts its streams at exact positions (welcome, replay, join).
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { SessionRecord, StabilizerAdapter, StreamEntry, StreamPosition } from './adapter/adapter.js'

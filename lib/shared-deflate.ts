@@ -1,7 +1,7 @@
 // The shared compressor: a broadcast deflated once per message and per negotiated window size,
 // framed once, and the same bytes written to every compressing recipient (RFC 7692).
 import { constants, deflateRawSync, type ZlibOptions } from 'node:zlib'
-import { wholeFrame } from './wire.js'
+import { wholeFrame } from './frame.js'
 
 /** What the shared compressor needs to know; the negotiated window comes from each socket. */
 export interface SharedDeflateSettings {

@@ -1,16 +1,15 @@
 /**
- * The scale-out seam: everything another instance must see crosses this interface, as
- * serializable data (never a socket or a Connection). The default adapter keeps it in this
- * process (`memory.ts`); the Redis adapter (`redis.ts`) shares it between instances.
- *
- * Streams. Every message that may have to be replayed or delivered elsewhere is published to
- * exactly one stream: `*` (everyone), `g:<group>` (a group's members) or `c:<clientId>` (one
- * client). A stream is an ordered, bounded log: each entry gets a position (the stream's epoch
- * and a sequence number that grows by one per entry). The epoch changes when the stream's
- * history is lost (a Redis restarted empty, a process restarted, a stream forgotten): a
- * position of another epoch can never be continued. Work per publish is one append and one
- * notification per stream, whatever the number of recipients.
+ * The scale-out seam: everything another instance must see crosses this interface as
+ * serializable data (never a socket or a Connection); `memory.ts` and `redis.ts` implement it.
  */
+
+// Streams. Every message that may have to be replayed or delivered elsewhere is published to
+// exactly one stream: `*` (everyone), `g:<group>` (a group's members) or `c:<clientId>` (one
+// client). A stream is an ordered, bounded log: each entry gets a position (the stream's epoch
+// and a sequence number that grows by one per entry). The epoch changes when the stream's
+// history is lost (a Redis restarted empty, a process restarted, a stream forgotten): a
+// position of another epoch can never be continued. Work per publish is one append and one
+// notification per stream, whatever the number of recipients.
 
 /** The stream every connection follows. */
 export const allStream = '*'

@@ -1,7 +1,6 @@
 /**
- * The in-process adapter (the default) and the hub that lets several Fastify apps in one
- * process share one in-memory "cluster": streams, presence, sessions and tokens live in the
- * hub; each app's adapter is one instance of it.
+ * The in-process adapter (the default), and the hub through which several apps in one process
+ * share streams, presence, sessions and tokens as one in-memory cluster.
  */
 import type {
   AdapterLimits, ClusterView, InstanceContext, PublishResult, SessionRecord, StabilizerAdapter,

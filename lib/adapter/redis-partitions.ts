@@ -1,9 +1,7 @@
 /**
- * Which hash tag a stream's keys and channel carry: streams are spread over a fixed number of
- * partitions, each with a precomputed tag whose slot lies in its own even share of the 16384
- * Redis Cluster slots, so that the partitions spread evenly over the masters.
+ * The hash tag of a stream's keys and channel: one of a fixed number of partitions whose tags
+ * lie in even shares of the Redis Cluster slots, so partitions spread evenly over masters.
  */
-
 /** Redis Cluster's slot count. */
 export const slotCount = 16384
 

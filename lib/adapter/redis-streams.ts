@@ -1,7 +1,6 @@
 /**
- * The Redis adapter's receiving side: which streams this instance follows (counted), and per
- * stream an ordering buffer so that `deliver` sees every entry once and in seq order, filling
- * gaps from the stream's log (after a lost notification or a reconnect) before skipping them.
+ * The Redis adapter's receiving side: the streams this instance follows, each delivered once
+ * and in order, with gaps filled from the stream's log before they are skipped.
  */
 import type { StreamEntry, StreamPosition, StreamRead } from './adapter.js'
 

@@ -1,7 +1,6 @@
 /**
- * The Redis adapter (`fastify-websocket-stabilizer/redis`): streams as Redis STREAMs with a
- * meta HASH and PUBLISH notifications, presence, instance heartbeats, sessions and tokens as
- * keys with TTLs, so that instances sharing one Redis behave as one.
+ * The Redis adapter (`fastify-websocket-stabilizer/redis`): streams, presence, instance
+ * heartbeats, sessions and tokens in Redis, so that instances sharing it behave as one.
  */
 import { randomBytes } from 'node:crypto'
 import type { EventEmitter } from 'node:events'

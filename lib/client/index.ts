@@ -1,8 +1,6 @@
 /**
- * `fastify-websocket-stabilizer/client`: a WebSocket that reconnects, resumes its session
- * from its positions in the streams it follows (the `stabilizer.v1` protocol, PROTOCOL.md), detects a dead server and queues
- * what is sent while offline. No dependencies; browsers and Node (pass `ws` as `WebSocket`
- * where there is no global one).
+ * `fastify-websocket-stabilizer/client`, for browsers and Node: a WebSocket that reconnects,
+ * resumes (`stabilizer.v1`, PROTOCOL.md), detects a dead server and queues while offline.
  */
 import { shouldReconnect } from '../close-codes.js'
 import { encodePositions, parseBinaryMessage, positionsProtocolPrefix, subprotocol, tokenProtocolPrefix, type Positions, type ResumeReport, type Welcome } from '../protocol.js'
