@@ -5,10 +5,15 @@
  * throughputs; the server's CPU time per delivery or echo is the figure the machine's load
  * moves least). Servers and clients are separate processes on 127.0.0.1, spoken to over
  * stdin/stdout only. Run: `npx tsx bench/metrics.ts [rounds=5] [connections=1000]`;
- * `--quick` for a smoke run with tiny sizes (not a measurement).
+ * `--quick` for a smoke run with tiny sizes (not a measurement); `--only=fanout,echo,rtt` for
+ * a subset; `--profile=<dir>` writes a V8 CPU profile of each echo-flood window to <dir> and
+ * prints how much of the server's busy time was spent under the metrics code.
  */
+import { mkdir, readFile } from 'node:fs/promises'
 import os from 'node:os'
+import { join, resolve } from 'node:path'
 import type { BenchServerName } from './contenders.js'
+import { originOf, type CpuProfile } from './cpu-profile.js'
 import { spawnJson, type JsonProcess } from '../test/fixtures/json-process.js'
 
 const quick = process.argv.includes('--quick')
@@ -17,6 +22,10 @@ const rounds = quick ? 1 : Number(roundsArg ?? 5)
 const connections = quick ? 100 : Number(connectionsArg ?? 1000)
 const variants: readonly BenchServerName[] = ['stabilizer', 'stabilizer-metrics']
 const label: Record<string, string> = { stabilizer: 'metrics off', 'stabilizer-metrics': 'metrics on' }
+const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')
+const profileArg = process.argv.find((arg) => arg.startsWith('--profile='))?.slice('--profile='.length)
+const profileDir = profileArg === undefined ? undefined : resolve(profileArg)
+let profiles = 0
 
 interface Stack { server: JsonProcess, clients: JsonProcess[] }
 
@@ -115,16 +124,57 @@ async function echoFlood (): Promise<void> {
     const stack = await startStack(variant, connections)
     await sleep(300)
     await stack.clients[0].ask({ cmd: 'flood', sockets, count: 50, window: 10 }) // warm-up
+    const path = profileDir === undefined ? undefined : join(profileDir, `echo-${variant}-${++profiles}.cpuprofile`)
+    if (path !== undefined) await stack.server.ask({ cmd: 'profileStart' })
     const cpuBefore = await stack.server.ask({ cmd: 'cpu' }) as { cpuUs: number }
     const { ms, echoes } = await stack.clients[0].ask({ cmd: 'flood', sockets, count: perSocket, window: 10 }) as { ms: number, echoes: number }
     const cpuAfter = await stack.server.ask({ cmd: 'cpu' }) as { cpuUs: number }
+    if (path !== undefined) await stack.server.ask({ cmd: 'profileStop', path })
     await stopStack(stack)
-    return { perSecond: echoes / (ms / 1000), cpuNsPerEcho: (cpuAfter.cpuUs - cpuBefore.cpuUs) * 1000 / echoes }
+    const result = { perSecond: echoes / (ms / 1000), cpuNsPerEcho: (cpuAfter.cpuUs - cpuBefore.cpuUs) * 1000 / echoes }
+    if (path === undefined) return result
+    const { busyMs, metricsMs } = metricsShare(JSON.parse(await readFile(path, 'utf8')) as CpuProfile)
+    return { ...result, busyNsPerEcho: busyMs * 1e6 / echoes, metricsNsPerEcho: metricsMs * 1e6 / echoes, metricsPercent: metricsMs / busyMs * 100 }
   })
   table(`Echo throughput: ${sockets} sockets × ${perSocket} echoes of ~10 bytes, 10 in flight per socket, ${connections} connected`, results, [
     { key: 'perSecond', label: 'echoes/s', better: 'higher', digits: 0 },
     { key: 'cpuNsPerEcho', label: 'server CPU ns/echo', better: 'lower', digits: 0 }
   ])
+  if (profileDir === undefined) return
+  table(`Echo throughput, the server's main thread as profiled (profiles in ${profileDir})`, results, [
+    { key: 'busyNsPerEcho', label: 'busy ns/echo', better: 'lower', digits: 0 },
+    { key: 'metricsNsPerEcho', label: 'ns/echo under metrics code', better: 'lower', digits: 1 },
+    { key: 'metricsPercent', label: '% of busy time under metrics code', better: 'lower', digits: 2 }
+  ])
+}
+
+/**
+ * The busy time of a profile and the part of it spent under the metrics code: a sample counts
+ * when any frame of its stack is in lib/metrics*.ts or prom-client (the scrape and the recorder).
+ */
+function metricsShare (profile: CpuProfile): { busyMs: number, metricsMs: number } {
+  const parent = new Map<number, number>()
+  const byId = new Map(profile.nodes.map((node) => [node.id, node]))
+  for (const node of profile.nodes) for (const child of node.children ?? []) parent.set(child, node.id)
+  const underMetrics = new Map<number, boolean>()
+  const isMetrics = (id: number): boolean => {
+    const known = underMetrics.get(id)
+    if (known !== undefined) return known
+    const { url, functionName } = byId.get(id)!.callFrame
+    const up = parent.get(id)
+    const result = /\/lib\/metrics(-route)?\.ts/.test(url) || originOf(url, functionName) === 'prom-client' || (up !== undefined && isMetrics(up))
+    underMetrics.set(id, result)
+    return result
+  }
+  let busyMs = 0
+  let metricsMs = 0
+  for (let i = 0; i < profile.samples.length; i++) {
+    const ms = (i + 1 < profile.timeDeltas.length ? profile.timeDeltas[i + 1] : 0) / 1000
+    if (byId.get(profile.samples[i])!.callFrame.functionName === '(idle)') continue
+    busyMs += ms
+    if (isMetrics(profile.samples[i])) metricsMs += ms
+  }
+  return { busyMs, metricsMs }
 }
 
 async function echoRoundTrip (): Promise<void> {
@@ -141,10 +191,11 @@ async function echoRoundTrip (): Promise<void> {
   ])
 }
 
+if (profileDir !== undefined) await mkdir(profileDir, { recursive: true })
 const started = Date.now()
 console.log(`## Metrics on vs off${quick ? ' (quick smoke run: tiny sizes, not a measurement)' : ''}\n`)
 console.log(`Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}. ${rounds} interleaved round(s); cells are medians (min–max); "metrics on" is scraped once a second.`)
-await fanOut()
-await echoFlood()
-await echoRoundTrip()
+if (only === undefined || only.includes('fanout')) await fanOut()
+if (only === undefined || only.includes('echo')) await echoFlood()
+if (only === undefined || only.includes('rtt')) await echoRoundTrip()
 console.log(`\nTotal time: ${Math.round((Date.now() - started) / 1000)} s.`)
