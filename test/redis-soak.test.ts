@@ -1,4 +1,5 @@
 import t from 'tap'
+import { getHeapSpaceStatistics } from 'node:v8'
 import { randomUUID } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { redisAdapter } from '../lib/adapter/redis.js'
@@ -71,6 +72,20 @@ function audit (leg: Journey['legs'][number]): { gaps: string[], duplicates: str
   return { gaps, duplicates, unpositioned }
 }
 
+function heapAfterGc (): number {
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (gc === undefined) throw new Error('run with --expose-gc (.taprc passes it)')
+  gc()
+  gc()
+  // Without the code space: what V8 compiled during the traffic is not state the instances kept.
+  const code = getHeapSpaceStatistics().find((space) => space.space_name === 'code_space')?.space_used_size ?? 0
+  return process.memoryUsage().heapUsed - code
+}
+
+function mb (bytes: number): string {
+  return (bytes / 2 ** 20).toFixed(1)
+}
+
 async function keysOf (admin: Redis, prefix: string): Promise<Array<{ key: string, ttl: number }>> {
   const found: Array<{ key: string, ttl: number }> = []
   let cursor = '0'
@@ -99,6 +114,8 @@ void t.test(`clients moving between three instances while messages flow (seed ${
     urls.push(await listen(app))
   }
 
+  // The three instances share this process: its heap after a full GC stands for theirs.
+  const heapBaseline = heapAfterGc()
   const journeys: Journey[] = []
   for (let i = 0; i < clientCount; i++) {
     const id = `u${i}`
@@ -182,6 +199,10 @@ void t.test(`clients moving between three instances while messages flow (seed ${
   // Every client ends on purpose: its session goes; what is left in Redis expires by itself.
   for (const journey of journeys) journey.peer.socket.close(1000)
   await waitFor(() => apps.every((app) => app.stabilizer.getConnectionCount() === 0))
+  journeys.length = 0 // what the peers received is the test's, not the instances'
+  await new Promise((resolve) => setTimeout(resolve, resumeWindow + 500))
+  const heap = heapAfterGc()
+  t.ok(heap < heapBaseline * 1.1, `the instances' heap back within 10 % of its baseline: ${mb(heap)} MB after, ${mb(heapBaseline)} MB before`)
   for (const app of apps) await app.close()
   const left = await keysOf(admin, keyPrefix)
   t.same(left.filter((k) => k.ttl < 0), [], 'every key the cluster left has a TTL')
