@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { createInterface } from 'node:readline'
@@ -156,7 +156,30 @@ void t.test('ws clients get every broadcast byte for byte, mixed with per-socket
   }
 })
 
-void t.test('Python\'s websockets client decodes every shared-compressed frame', async (t) => {
+/**
+ * Broadcasts every payload to the one client `id`, with (unless `fragments` is false) a message
+ * ws compresses per socket and sends in three fragments after every seventh; returns what the
+ * client must get, in order.
+ */
+async function broadcastWithFragments (t: Test, app: TestApp, id: string, sent: Payload[], fragments = true): Promise<Payload[]> {
+  const expected: Payload[] = []
+  const socket = app.stabilizer.getConnection(id)!.socket
+  for (const [i, payload] of sent.entries()) {
+    // A slow reader (Python, a browser) must not be closed as a slow consumer (4002) meanwhile.
+    await waitFor(() => socket.bufferedAmount < 256 * 1024, 20_000)
+    t.equal((await app.stabilizer.broadcast(payload.data)).sent, 1)
+    expected.push(payload)
+    if (fragments && i % 7 === 0) {
+      socket.send('fragment one '.repeat(100), { fin: false, compress: true })
+      socket.send('fragment two '.repeat(100), { fin: false, compress: true })
+      socket.send('fragment three', { fin: true, compress: true })
+      expected.push({ data: 'fragment one '.repeat(100) + 'fragment two '.repeat(100) + 'fragment three', binary: false })
+    }
+  }
+  return expected
+}
+
+void t.test('Python\'s websockets client decodes every shared-compressed frame, mixed with fragmented sends', async (t) => {
   if (await requirePrerequisites(t, 'python3-websockets') !== false) return
   const { app, url } = await sharedApp(t)
   const script = fileURLToPath(new URL('./fixtures/python_digest_client.py', import.meta.url))
@@ -168,8 +191,7 @@ void t.test('Python\'s websockets client decodes every shared-compressed frame',
   t.match(open.extensions, /permessage-deflate;.*server_no_context_takeover/, 'the shared strategy\'s parameters were agreed')
   await waitFor(() => app.stabilizer.getConnectionCount() === 1)
   t.ok(sharedDeflateOf(app.stabilizer.getConnection('python')!.socket), 'its broadcasts take the shared compressor')
-  const sent = payloads(7)
-  for (const payload of sent) t.equal((await app.stabilizer.broadcast(payload.data)).sent, 1)
+  const sent = await broadcastWithFragments(t, app, 'python', payloads(7))
   let intact = 0
   for (const payload of sent) {
     const message = await next()
@@ -199,7 +221,7 @@ ws.onmessage = async (event) => {
 }
 </script>`
 
-void t.test('headless Chromium decodes every shared-compressed frame', async (t) => {
+void t.test('headless Chromium decodes every shared-compressed frame, mixed with fragmented sends', async (t) => {
   if (await requirePrerequisites(t, 'chromium') !== false) return
   const app = await buildApp(shared)
   app.get('/', async (_request, reply) => await reply.type('text/html').send(page))
@@ -212,8 +234,7 @@ void t.test('headless Chromium decodes every shared-compressed frame', async (t)
   await waitFor(() => app.stabilizer.getConnectionCount() === 1, 10_000)
   t.match(await tab.evaluate('window.extensions'), /permessage-deflate;.*server_no_context_takeover/, 'Chromium agreed to the shared strategy\'s parameters')
   t.ok(sharedDeflateOf(app.stabilizer.getConnection('browser')!.socket), 'its broadcasts take the shared compressor')
-  const sent = payloads(11)
-  for (const payload of sent) t.equal((await app.stabilizer.broadcast(payload.data)).sent, 1)
+  const sent = await broadcastWithFragments(t, app, 'browser', payloads(11))
   type Digest = { binary: boolean, length: number, sha256: string } | null
   let got: Digest[] = []
   const deadline = Date.now() + 20_000
@@ -224,6 +245,50 @@ void t.test('headless Chromium decodes every shared-compressed frame', async (t)
   }
   const intact = sent.filter((payload, i) => got[i]?.binary === payload.binary && got[i]?.sha256 === digest(bytesOf(payload))).length
   t.equal(intact, sent.length, `all ${sent.length} messages arrived intact and in order`)
+})
+
+/** The client library in a page: every message's SHA-256 in arrival order, as it hands them to the app. */
+const clientPage = `<!doctype html><meta charset="utf-8"><script type="module">
+import { StabilizedWebSocket } from '/client.js'
+window.digests = []
+const ws = new StabilizedWebSocket('ws://' + location.host + '/ws/library')
+ws.onmessage = async (event) => {
+  const slot = window.digests.length
+  window.digests.push(null)
+  const binary = typeof event.data !== 'string'
+  const bytes = binary ? new Uint8Array(event.data instanceof Blob ? await event.data.arrayBuffer() : event.data) : new TextEncoder().encode(event.data)
+  const hash = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
+  window.digests[slot] = { binary, length: bytes.length, sha256: Array.from(hash, (b) => b.toString(16).padStart(2, '0')).join('') }
+}
+</script>`
+
+void t.test('the client library in Chromium decodes every shared-compressed broadcast', async (t) => {
+  if (await requirePrerequisites(t, 'chromium') !== false) return
+  const { bundleClient } = await import('../example/client-bundle.js')
+  const client = await bundleClient()
+  const app = await buildApp({ ...shared, secrets: ['c'.repeat(40)] })
+  app.get('/', async (_request, reply) => await reply.type('text/html').send(clientPage))
+  app.get('/client.js', async (_request, reply) => await reply.type('text/javascript').send(client))
+  t.teardown(async () => await app.close())
+  const url = await listen(app)
+  const browser = await chromium.launch({ executablePath: chromiumPath, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] })
+  t.teardown(async () => await browser.close())
+  const tab = await browser.newPage()
+  await tab.goto(`${httpUrl(url)}/`)
+  await waitFor(() => app.stabilizer.getConnection('library')?.protocol === true, 10_000)
+  t.ok(sharedDeflateOf(app.stabilizer.getConnection('library')!.socket), 'a stabilizer.v1 connection from Chromium takes the shared compressor')
+  // A raw message is not a stabilizer.v1 frame: this client gets broadcasts only.
+  const sent = await broadcastWithFragments(t, app, 'library', payloads(13), false)
+  type Digest = { binary: boolean, length: number, sha256: string } | null
+  let got: Digest[] = []
+  const deadline = Date.now() + 20_000
+  while (Date.now() < deadline) {
+    got = await tab.evaluate('window.digests') as Digest[]
+    if (got.length === sent.length && got.every((d) => d !== null)) break
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  const intact = sent.filter((payload, i) => got[i]?.binary === payload.binary && got[i]?.sha256 === digest(bytesOf(payload))).length
+  t.equal(intact, sent.length, `all ${sent.length} messages arrived intact, in order, through the client library`)
 })
 
 void t.test('a stabilizer.v1 client decodes shared-compressed broadcasts, positions intact', async (t) => {
