@@ -153,3 +153,44 @@ void t.test('user data: set, get, delete, sizes from the serialized value, gone 
   await waitFor(() => app.stabilizer.getStats().totalDisconnections === 1)
   t.same(app.stabilizer.getMemoryUsage(), { connections: 0, userDataBytes: 0, bufferedBytes: 0, retainedSessionBytes: 0, retainedSessions: 0, averageBytesPerConnection: 0 })
 })
+
+// The registry alone: its indexes and group events, with connections that are never opened
+// (the registry does not touch their sockets).
+void t.test('registry: removal by connection object, the group index and its events', async (t) => {
+  const { Registry } = await import('../lib/registry.js')
+  const { Connection } = await import('../lib/connection.js')
+  const events: string[] = []
+  const registry = new Registry({ opened: (group) => events.push(`+${group}`), closed: (group) => events.push(`-${group}`) })
+  const make = (id: string): InstanceType<typeof Connection> => new Connection(id, undefined as never, {}, undefined, Date.now(), false)
+
+  const first = make('ann')
+  t.equal(registry.add(first), undefined, 'a first connection replaces nothing')
+  t.ok(registry.join(first, 'room'))
+  t.notOk(registry.join(first, 'room'), 'joining twice changes nothing')
+  t.same(events, ['+room'], 'the first member opens the group')
+  const second = make('ann')
+  t.equal(registry.add(second), first, 'a second connection for the id returns the one it replaced')
+  t.equal(registry.get('ann'), second)
+  t.same(events, ['+room', '-room'], 'the replaced connection left the group index: its last member is gone')
+  t.same([...first.groups], ['room'], 'but keeps its own list, for the session to take over')
+  t.equal(registry.live.size, 2, 'both are live until their sockets close')
+
+  registry.remove(first) // the stale socket's late cleanup
+  t.equal(registry.get('ann'), second, 'never removes its replacement')
+  t.equal(registry.size, 1)
+  t.equal(registry.live.size, 1)
+
+  t.ok(registry.join(second, 'room'))
+  const bob = make('bob')
+  registry.add(bob)
+  t.ok(registry.join(bob, 'room'))
+  t.same([...registry.members('room')!].map((c) => c.id), ['ann', 'bob'])
+  t.equal(registry.groupCount, 1)
+  t.ok(registry.leave(second, 'room'))
+  t.notOk(registry.leave(second, 'room'), 'leaving twice changes nothing')
+  t.same([...registry.members('room')!].map((c) => c.id), ['bob'])
+  registry.deactivate(bob)
+  t.equal(registry.members('room'), undefined, 'a deactivated last member closes the group')
+  t.same(events, ['+room', '-room', '+room', '-room'])
+  t.same([...registry.ids()], ['ann'])
+})
