@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { constants, inflateRawSync } from 'node:zlib'
-import { chromium } from 'playwright-core'
+import { chromium, type Page } from 'playwright-core'
 import { WebSocket, type ClientOptions } from 'ws'
 import { framesIn, openRawPeer } from './fixtures/raw-peer.js'
 import { systemPython } from './fixtures/python-peer.js'
@@ -204,37 +204,46 @@ void t.test('Python\'s websockets client decodes every shared-compressed frame, 
 
 const chromiumPath = '/usr/bin/chromium'
 
-/** A plain page: a native WebSocket that keeps the SHA-256 of every message, in arrival order. */
+/** Records every message's SHA-256 in `window.digests`, in arrival order (a script of the pages below). */
+const recordDigests = `window.digests = []
+const record = async (event) => {
+  const slot = window.digests.length
+  window.digests.push(null)
+  const binary = typeof event.data !== 'string'
+  const bytes = binary ? new Uint8Array(event.data instanceof Blob ? await event.data.arrayBuffer() : event.data) : new TextEncoder().encode(event.data)
+  const hash = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
+  window.digests[slot] = { binary, length: bytes.length, sha256: Array.from(hash, (b) => b.toString(16).padStart(2, '0')).join('') }
+}`
+
+/** A plain page: a native WebSocket. */
 const page = `<!doctype html><meta charset="utf-8"><script>
-window.digests = []
+${recordDigests}
 window.extensions = null
 const ws = new WebSocket('ws://' + location.host + '/ws/browser')
 ws.binaryType = 'arraybuffer'
 ws.onopen = () => { window.extensions = ws.extensions }
-ws.onmessage = async (event) => {
-  const slot = window.digests.length
-  window.digests.push(null)
-  const binary = typeof event.data !== 'string'
-  const bytes = binary ? new Uint8Array(event.data) : new TextEncoder().encode(event.data)
-  const hash = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
-  window.digests[slot] = { binary, length: bytes.length, sha256: Array.from(hash, (b) => b.toString(16).padStart(2, '0')).join('') }
-}
+ws.onmessage = record
 </script>`
 
-void t.test('headless Chromium decodes every shared-compressed frame, mixed with fragmented sends', async (t) => {
-  if (await requirePrerequisites(t, 'chromium') !== false) return
-  const app = await buildApp(shared)
-  app.get('/', async (_request, reply) => await reply.type('text/html').send(page))
-  t.teardown(async () => await app.close())
-  const url = await listen(app)
+/** The client library in a page, as an app uses it. */
+const clientPage = `<!doctype html><meta charset="utf-8"><script type="module">
+import { StabilizedWebSocket } from '/client.js'
+${recordDigests}
+const ws = new StabilizedWebSocket('ws://' + location.host + '/ws/library')
+ws.onmessage = record
+</script>`
+
+/** Opens the app's page in headless Chromium (closed at the test's end). */
+async function openInChromium (t: Test, url: string): Promise<Page> {
   const browser = await chromium.launch({ executablePath: chromiumPath, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] })
   t.teardown(async () => await browser.close())
   const tab = await browser.newPage()
   await tab.goto(`${httpUrl(url)}/`)
-  await waitFor(() => app.stabilizer.getConnectionCount() === 1, 10_000)
-  t.match(await tab.evaluate('window.extensions'), /permessage-deflate;.*server_no_context_takeover/, 'Chromium agreed to the shared strategy\'s parameters')
-  t.ok(sharedDeflateOf(app.stabilizer.getConnection('browser')!.socket), 'its broadcasts take the shared compressor')
-  const sent = await broadcastWithFragments(t, app, 'browser', payloads(11))
+  return tab
+}
+
+/** How many of `sent` the page received intact and in their place, once it has them all (or after 20 s). */
+async function intactInPage (tab: Page, sent: Payload[]): Promise<number> {
   type Digest = { binary: boolean, length: number, sha256: string } | null
   let got: Digest[] = []
   const deadline = Date.now() + 20_000
@@ -243,24 +252,21 @@ void t.test('headless Chromium decodes every shared-compressed frame, mixed with
     if (got.length === sent.length && got.every((d) => d !== null)) break
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
-  const intact = sent.filter((payload, i) => got[i]?.binary === payload.binary && got[i]?.sha256 === digest(bytesOf(payload))).length
-  t.equal(intact, sent.length, `all ${sent.length} messages arrived intact and in order`)
-})
-
-/** The client library in a page: every message's SHA-256 in arrival order, as it hands them to the app. */
-const clientPage = `<!doctype html><meta charset="utf-8"><script type="module">
-import { StabilizedWebSocket } from '/client.js'
-window.digests = []
-const ws = new StabilizedWebSocket('ws://' + location.host + '/ws/library')
-ws.onmessage = async (event) => {
-  const slot = window.digests.length
-  window.digests.push(null)
-  const binary = typeof event.data !== 'string'
-  const bytes = binary ? new Uint8Array(event.data instanceof Blob ? await event.data.arrayBuffer() : event.data) : new TextEncoder().encode(event.data)
-  const hash = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
-  window.digests[slot] = { binary, length: bytes.length, sha256: Array.from(hash, (b) => b.toString(16).padStart(2, '0')).join('') }
+  return sent.filter((payload, i) => got[i]?.binary === payload.binary && got[i]?.sha256 === digest(bytesOf(payload))).length
 }
-</script>`
+
+void t.test('headless Chromium decodes every shared-compressed frame, mixed with fragmented sends', async (t) => {
+  if (await requirePrerequisites(t, 'chromium') !== false) return
+  const app = await buildApp(shared)
+  app.get('/', async (_request, reply) => await reply.type('text/html').send(page))
+  t.teardown(async () => await app.close())
+  const tab = await openInChromium(t, await listen(app))
+  await waitFor(() => app.stabilizer.getConnectionCount() === 1, 10_000)
+  t.match(await tab.evaluate('window.extensions'), /permessage-deflate;.*server_no_context_takeover/, 'Chromium agreed to the shared strategy\'s parameters')
+  t.ok(sharedDeflateOf(app.stabilizer.getConnection('browser')!.socket), 'its broadcasts take the shared compressor')
+  const sent = await broadcastWithFragments(t, app, 'browser', payloads(11))
+  t.equal(await intactInPage(tab, sent), sent.length, `all ${sent.length} messages arrived intact and in order`)
+})
 
 void t.test('the client library in Chromium decodes every shared-compressed broadcast', async (t) => {
   if (await requirePrerequisites(t, 'chromium') !== false) return
@@ -270,25 +276,12 @@ void t.test('the client library in Chromium decodes every shared-compressed broa
   app.get('/', async (_request, reply) => await reply.type('text/html').send(clientPage))
   app.get('/client.js', async (_request, reply) => await reply.type('text/javascript').send(client))
   t.teardown(async () => await app.close())
-  const url = await listen(app)
-  const browser = await chromium.launch({ executablePath: chromiumPath, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] })
-  t.teardown(async () => await browser.close())
-  const tab = await browser.newPage()
-  await tab.goto(`${httpUrl(url)}/`)
+  const tab = await openInChromium(t, await listen(app))
   await waitFor(() => app.stabilizer.getConnection('library')?.protocol === true, 10_000)
   t.ok(sharedDeflateOf(app.stabilizer.getConnection('library')!.socket), 'a stabilizer.v1 connection from Chromium takes the shared compressor')
   // A raw message is not a stabilizer.v1 frame: this client gets broadcasts only.
   const sent = await broadcastWithFragments(t, app, 'library', payloads(13), false)
-  type Digest = { binary: boolean, length: number, sha256: string } | null
-  let got: Digest[] = []
-  const deadline = Date.now() + 20_000
-  while (Date.now() < deadline) {
-    got = await tab.evaluate('window.digests') as Digest[]
-    if (got.length === sent.length && got.every((d) => d !== null)) break
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  const intact = sent.filter((payload, i) => got[i]?.binary === payload.binary && got[i]?.sha256 === digest(bytesOf(payload))).length
-  t.equal(intact, sent.length, `all ${sent.length} messages arrived intact, in order, through the client library`)
+  t.equal(await intactInPage(tab, sent), sent.length, `all ${sent.length} messages arrived intact, in order, through the client library`)
 })
 
 void t.test('a stabilizer.v1 client decodes shared-compressed broadcasts, positions intact', async (t) => {
