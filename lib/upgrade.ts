@@ -2,7 +2,7 @@
 import { randomFillSync } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
-import type { FastifyBaseLogger, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions } from 'fastify'
 import type { WebSocket, WebSocketServer } from 'ws'
 import { CloseCode } from './close-codes.js'
 import { ConnectionLimitExceededError, InvalidTokenError, OriginNotAllowedError, ShutdownError, TokenExpiredError, TooManyConnectionsError } from './errors.js'
@@ -86,15 +86,23 @@ function randomId (): string {
 /** The metadata of every auto-registered connection: none, shared instead of one `{}` each. */
 const noMetadata: Readonly<Record<string, unknown>> = Object.freeze({})
 
+/** An upgrade that offers no resume (nothing to parse); a failed `identify` is still refused in-band. */
+const noOffer: ResumeOffer = Object.freeze({ token: undefined, inBand: true, positions: undefined })
+
+interface ResumeOffer { readonly token: string | undefined, readonly inBand: boolean, readonly positions: Positions | undefined }
+
 /**
  * The resume an upgrade request asks for: a token in the `token` query parameter or offered
  * as the subprotocol `stabilizer.token.<token>`, and where the client stands in its streams
  * (`positions` query parameter or `stabilizer.pos.<positions>`).
  */
-function resumeOffer (request: FastifyRequest): { token: string | undefined, inBand: boolean, positions: Positions | undefined } {
+function resumeOffer (request: FastifyRequest): ResumeOffer {
   const query = request.query as Record<string, unknown> | undefined
-  const offer = readOffer(request.headers['sec-websocket-protocol'])
+  const header = request.headers['sec-websocket-protocol']
   const queryToken = typeof query?.token === 'string' ? query.token : undefined
+  // Positions matter only with a token: without one there is nothing to read.
+  if (header === undefined && queryToken === undefined) return noOffer
+  const offer = readOffer(header)
   const positions = offer.positions ?? (typeof query?.positions === 'string' ? decodePositions(query.positions) : undefined)
   if (queryToken !== undefined) return { token: queryToken, inBand: false, positions }
   return { token: offer.offered ? offer.token : undefined, inBand: true, positions }
@@ -109,6 +117,7 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
   const { identify, enableReconnect } = options
   const allowedOrigins = options.allowedOrigins === undefined ? undefined : new Set(options.allowedOrigins)
   const perIpCap = options.maxConnectionsPerIp > 0
+  const connectRate = options.connectRatePerIp > 0
 
   function refuseWhileDraining (reply: FastifyReply): FastifyReply {
     stabilizer.countRejection('shuttingDown')
@@ -131,23 +140,54 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     stabilizer.adapter.saveSession(resume.record).catch((err: unknown) => { log.warn({ err }, 'websocket session could not be given back') })
   }
 
-  async function admitUpgrade (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
-    if (!request.ws) return // a plain HTTP GET on a websocket route: @fastify/websocket answers it
-    if (stabilizer.state !== 'running') return refuseWhileDraining(reply)
+  /**
+   * The route's `preHandler`, callback style: an upgrade without `identify` or a token is
+   * admitted synchronously, so the handshake runs in the same turn as in raw @fastify/websocket;
+   * the rest takes the async path. A refusal sends its reply and does not call `done`.
+   */
+  function admitUpgrade (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): Promise<FastifyReply | undefined> | undefined {
+    if (!request.ws) { // a plain HTTP GET on a websocket route: @fastify/websocket answers it
+      done()
+      return
+    }
+    if (stabilizer.state !== 'running') {
+      refuseWhileDraining(reply)
+      return
+    }
     const origin = request.headers.origin
     if (allowedOrigins !== undefined && origin !== undefined && !allowedOrigins.has(origin)) {
       stabilizer.countRejection('origin')
-      return reply.code(403).send(new OriginNotAllowedError(JSON.stringify(origin)))
+      reply.code(403).send(new OriginNotAllowedError(JSON.stringify(origin)))
+      return
     }
-    const ip = request.ip
-    const waitSeconds = stabilizer.perIp.takeConnect(ip, performance.now())
-    if (waitSeconds > 0) {
-      stabilizer.countRejection('connectRate')
-      return reply.code(429).header('retry-after', waitSeconds).send(new TooManyConnectionsError(`Too many connection attempts from ${ip}`))
+    // Read only when a per-IP limit needs it: it costs a system call (getpeername).
+    const ip = perIpCap || connectRate ? request.ip : undefined
+    if (connectRate) {
+      const waitSeconds = stabilizer.perIp.takeConnect(ip!, performance.now())
+      if (waitSeconds > 0) {
+        stabilizer.countRejection('connectRate')
+        reply.code(429).header('retry-after', waitSeconds).send(new TooManyConnectionsError(`Too many connection attempts from ${ip!}`))
+        return
+      }
     }
+    const offer = enableReconnect ? resumeOffer(request) : undefined
+    if (identify !== undefined || offer?.token !== undefined) return admitAsync(request, reply, ip, offer)
+    const clientId = defaultIdentify(request)
+    try {
+      checkClientId(clientId)
+    } catch (err) {
+      stabilizer.countRejection('identity')
+      throw err
+    }
+    if (refuseOverLimits(reply, clientId, ip) !== undefined) return
+    reserve(request, clientId, ip, undefined)
+    done()
+  }
+
+  /** Admission with `identify` or a reconnect token: both may wait. */
+  async function admitAsync (request: FastifyRequest, reply: FastifyReply, ip: string | undefined, offer: ResumeOffer | undefined): Promise<FastifyReply | undefined> {
     let clientId: string
     let claims: TokenClaims | undefined
-    const offer = enableReconnect ? resumeOffer(request) : undefined
     try {
       // A resume: the token is checked before anything else, and names the identity it resumes.
       if (offer?.token !== undefined) claims = stabilizer.tokens.verify(offer.token)
@@ -160,16 +200,8 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
       if (offer?.inBand === true && isTokenError(err)) return refuseInBand(request, err)
       throw err
     }
-    if (stabilizer.state !== 'running') return refuseWhileDraining(reply)
-    if (!stabilizer.hasRoomFor(clientId)) {
-      stabilizer.countRejection('connectionLimit')
-      return reply.code(503).header('retry-after', retryAfterLimitSeconds).send(new ConnectionLimitExceededError(options.maxConnections))
-    }
-    // A client coming back under its id replaces its old connection: never refused for its IP.
-    if (perIpCap && !stabilizer.isConnected(clientId) && !stabilizer.perIp.hasRoom(ip)) {
-      stabilizer.countRejection('ipLimit')
-      return reply.code(429).header('retry-after', retryAfterLimitSeconds).send(new TooManyConnectionsError(`Too many connections from ${ip}`))
-    }
+    const refused = refuseOverLimits(reply, clientId, ip)
+    if (refused !== undefined) return refused
     // Redeemed last, once everything else admitted the upgrade (a token is valid once).
     if (claims !== undefined && !await stabilizer.tokens.redeem(claims)) {
       stabilizer.countRejection('token')
@@ -179,22 +211,44 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
       throw used
     }
     const resume = claims === undefined ? undefined : { sessionId: claims.sid, positions: offer?.positions, record: await stabilizer.takeSession(claims) }
+    reserve(request, clientId, ip, resume)
+    return undefined
+  }
+
+  /** The checks made once the identity is known: shutdown, `maxConnections`, the per-IP cap. */
+  function refuseOverLimits (reply: FastifyReply, clientId: string, ip: string | undefined): FastifyReply | undefined {
+    if (stabilizer.state !== 'running') return refuseWhileDraining(reply)
+    if (!stabilizer.hasRoomFor(clientId)) {
+      stabilizer.countRejection('connectionLimit')
+      return reply.code(503).header('retry-after', retryAfterLimitSeconds).send(new ConnectionLimitExceededError(options.maxConnections))
+    }
+    // A client coming back under its id replaces its old connection: never refused for its IP.
+    if (perIpCap && !stabilizer.isConnected(clientId) && !stabilizer.perIp.hasRoom(ip!)) {
+      stabilizer.countRejection('ipLimit')
+      return reply.code(429).header('retry-after', retryAfterLimitSeconds).send(new TooManyConnectionsError(`Too many connections from ${ip!}`))
+    }
+    return undefined
+  }
+
+  /** Reserves the admitted upgrade's slot until the handshake completes or the socket closes. */
+  function reserve (request: FastifyRequest, clientId: string, ip: string | undefined, resume: ResumeRequest | undefined): void {
     const socket = request.raw.socket as AdmittedSocket | undefined
     // The client left while identify() ran: ws will not upgrade a dead socket, and a close
     // listener added now would never fire, so reserve nothing.
     if (socket?.destroyed === true) {
       giveBack(resume)
-      return undefined
+      return
     }
     const ticket = stabilizer.admission.admit(perIpCap ? ip : undefined)
     const admission: Admission = { clientId, request, ticket, resume, settled: false }
     ;(request.raw as AdmittedRequest)[kAdmission] = admission
     if (socket !== undefined) {
-      // If the handshake never completes, the slot comes back when the socket closes.
+      // If the handshake never completes, the slot comes back when the socket closes. A plain
+      // listener, left in place once connected (it then finds nothing): `once` and its
+      // removal cost more than the no-op call at close.
       socket[kAdmission] = admission
-      socket.once('close', releaseOnClose)
+      socket.on('close', releaseOnClose)
     }
-    return undefined
   }
 
   /** The 'connection' listener: turns an admitted upgrade into a registered connection. */
@@ -208,10 +262,7 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     if (admission === undefined || admission.settled) return false
     admission.settled = true
     const rawSocket = raw.socket as AdmittedSocket | undefined
-    if (rawSocket !== undefined) {
-      rawSocket[kAdmission] = undefined
-      rawSocket.removeListener('close', releaseOnClose)
-    }
+    if (rawSocket !== undefined) rawSocket[kAdmission] = undefined
     // Settled: the request no longer holds its admission (it lives as long as the socket).
     ;(raw as AdmittedRequest)[kAdmission] = undefined
     // The ticket passes to the connection, which releases it when it closes.
