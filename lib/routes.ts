@@ -15,7 +15,7 @@ export const StatsResponseSchema = Type.Object({
   totalDisconnections: Counter,
   closedByCode: Type.Record(Type.String(), Counter, { description: 'Closes by WebSocket close code.' }),
   closedByCause: Type.Record(Type.String(), Counter, { description: 'Closes by cause (client_closed, connection_lost, shutdown…).' }),
-  rejectedUpgrades: Type.Object({ connectionLimit: Counter, shuttingDown: Counter, identity: Counter, token: Type.Integer({ minimum: 0, description: 'Upgrades refused for their reconnect token (invalid, expired, already used).' }), origin: Counter, ipLimit: Counter, connectRate: Counter }),
+  rejectedUpgrades: Type.Object({ connectionLimit: Counter, shuttingDown: Counter, identity: Counter, clientId: Type.Integer({ minimum: 0, description: 'Upgrades refused for their client id (empty, not a string, or over 256 characters).' }), token: Type.Integer({ minimum: 0, description: 'Upgrades refused for their reconnect token (invalid, expired, already used).' }), origin: Counter, ipLimit: Counter, connectRate: Counter }),
   groups: Counter,
   memory: Type.Object({
     connections: Counter,

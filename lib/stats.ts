@@ -9,7 +9,7 @@ import type { ResolvedOptions } from './options.js'
 import type { LifecycleState } from './shutdown.js'
 
 /** Why an upgrade was refused before it happened. */
-export type RejectionReason = 'connectionLimit' | 'shuttingDown' | 'identity' | 'token' | 'origin' | 'ipLimit' | 'connectRate'
+export type RejectionReason = 'connectionLimit' | 'shuttingDown' | 'identity' | 'clientId' | 'token' | 'origin' | 'ipLimit' | 'connectRate'
 
 export interface MemoryUsage {
   /** Open connections. */
@@ -87,7 +87,7 @@ export class Counters {
   closed = 0
   readonly closedByCode = new Map<number, number>()
   readonly closedByCause = new Map<DisconnectCause, number>()
-  readonly rejected: Record<RejectionReason, number> = { connectionLimit: 0, shuttingDown: 0, identity: 0, token: 0, origin: 0, ipLimit: 0, connectRate: 0 }
+  readonly rejected: Record<RejectionReason, number> = { connectionLimit: 0, shuttingDown: 0, identity: 0, clientId: 0, token: 0, origin: 0, ipLimit: 0, connectRate: 0 }
   readonly protection: ProtectionStats = { memoryEvictions: 0, slowConsumerDrops: 0, slowConsumerDisconnects: 0, inboundDropped: 0, rateLimitCloses: 0 }
 
   recordClose (code: number, cause: DisconnectCause): void {

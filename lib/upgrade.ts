@@ -5,7 +5,7 @@ import type { Socket } from 'node:net'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions } from 'fastify'
 import type { WebSocket, WebSocketServer } from 'ws'
 import { CloseCode } from './close-codes.js'
-import { ConnectionLimitExceededError, InvalidTokenError, OriginNotAllowedError, ShutdownError, TokenExpiredError, TooManyConnectionsError } from './errors.js'
+import { ConnectionLimitExceededError, InvalidClientIdError, InvalidTokenError, OriginNotAllowedError, ShutdownError, TokenExpiredError, TooManyConnectionsError } from './errors.js'
 import type { AdmissionTicket } from './admission.js'
 import { decodePositions, readOffer, type Positions } from './protocol.js'
 import type { TokenClaims } from './tokens.js'
@@ -176,7 +176,7 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
     try {
       checkClientId(clientId)
     } catch (err) {
-      stabilizer.countRejection('identity')
+      stabilizer.countRejection('clientId')
       throw err
     }
     if (refuseOverLimits(reply, clientId, ip) !== undefined) return
@@ -195,7 +195,7 @@ export function createAdmissionHook (stabilizer: Stabilizer, options: ResolvedOp
       checkClientId(clientId)
       if (claims !== undefined && claims.cid !== clientId) throw new InvalidTokenError('it was issued for another client')
     } catch (err) {
-      stabilizer.countRejection(isTokenError(err) ? 'token' : 'identity')
+      stabilizer.countRejection(isTokenError(err) ? 'token' : err instanceof InvalidClientIdError ? 'clientId' : 'identity')
       if (claims !== undefined || (offer?.token !== undefined && isTokenError(err))) stabilizer.metrics?.resumeRejected()
       if (offer?.inBand === true && isTokenError(err)) return refuseInBand(request, err)
       throw err

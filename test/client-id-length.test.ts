@@ -59,8 +59,9 @@ void t.test('with maxParamLength: 256, no warning, ids up to 256 connect', async
 })
 
 void t.test('above 256 characters the plugin refuses with 400 INVALID_CLIENT_ID where the router lets the id through', async (t) => {
-  const { url } = await appWithPathIds(t, { routerOptions: { maxParamLength: 1000 } })
+  const { app, url } = await appWithPathIds(t, { routerOptions: { maxParamLength: 1000 } })
   const refused = await refusedUpgrade(`${url}/ws/${'c'.repeat(257)}`)
   t.equal(refused.status, 400)
   t.match(JSON.parse(refused.body), { code: 'FST_WS_STABILIZER_INVALID_CLIENT_ID' })
+  t.match(app.stabilizer.getStats().rejectedUpgrades, { clientId: 1, identity: 0 }, 'counted under its own reason, not as an identity refusal')
 })
