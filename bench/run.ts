@@ -187,8 +187,8 @@ async function storm (connections: number): Promise<void> {
     { key: 'ms', label: 'time to all connected ms', better: 'lower', digits: 0 },
     { key: 'rate', label: 'connections/s', better: 'higher', digits: 0, ratio: true },
     { key: 'failures', label: 'handshake failures', better: 'lower', digits: 0 },
-    { key: 'lag', label: 'longest loop lag ms', better: 'lower', digits: 1 }
-  ])
+    { key: 'lag', label: 'longest loop lag ms', better: 'lower', digits: 1, ratio: true }
+  ], ['fastify-websocket', 'ws', 'socket.io'])
 }
 
 async function echo (load: number): Promise<void> {
