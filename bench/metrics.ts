@@ -27,11 +27,12 @@ const profileArg = process.argv.find((arg) => arg.startsWith('--profile='))?.sli
 const profileDir = profileArg === undefined ? undefined : resolve(profileArg)
 let profiles = 0
 
-interface Stack { server: JsonProcess, clients: JsonProcess[] }
+interface Stack { server: JsonProcess, clients: JsonProcess[], listeningAt: number }
 
 async function startStack (variant: BenchServerName, count: number): Promise<Stack> {
   const server = spawnJson(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/server.ts', variant])
   const { port } = await server.next() as { port: number }
+  const listeningAt = Date.now()
   const clients: JsonProcess[] = []
   const opens: Array<Promise<Record<string, unknown>>> = []
   for (let left = count; left > 0; left -= 5_000) {
@@ -42,7 +43,7 @@ async function startStack (variant: BenchServerName, count: number): Promise<Sta
   const opened = await Promise.all(opens)
   const failures = opened.reduce((sum, o) => sum + (o.failures as number), 0)
   if (failures > 0) throw new Error(`${variant}: ${failures} handshakes failed`)
-  return { server, clients }
+  return { server, clients, listeningAt }
 }
 
 async function stopStack (stack: Stack): Promise<void> {
@@ -51,6 +52,11 @@ async function stopStack (stack: Stack): Promise<void> {
 }
 
 const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
+/**
+ * Waits until the server's first scrape (a second after it listens) is over, for both variants:
+ * the first one loads and compiles the scrape path, a cost a process pays once, not per second.
+ */
+const settle = async (stack: Stack): Promise<void> => { await sleep(Math.max(300, stack.listeningAt + 1500 - Date.now())) }
 const median = (values: number[]): number => { const sorted = [...values].sort((a, b) => a - b); return sorted[Math.floor(sorted.length / 2)] }
 
 /** One measure of each variant per round, the order alternating between rounds. */
@@ -87,7 +93,7 @@ async function fanOut (): Promise<void> {
   const broadcasts = quick ? 20 : Math.round(1_000_000 / connections)
   const results = await interleaved(async (variant) => {
     const stack = await startStack(variant, connections)
-    await sleep(300)
+    await settle(stack)
     await Promise.all(stack.clients.map(async (client) => await client.ask({ cmd: 'report' })))
     const cpuBefore = await stack.server.ask({ cmd: 'cpu' }) as { cpuUs: number }
     const started = process.hrtime.bigint()
@@ -122,7 +128,7 @@ async function echoFlood (): Promise<void> {
   const perSocket = quick ? 50 : 2_000
   const results = await interleaved(async (variant) => {
     const stack = await startStack(variant, connections)
-    await sleep(300)
+    await settle(stack)
     await stack.clients[0].ask({ cmd: 'flood', sockets, count: 50, window: 10 }) // warm-up
     const path = profileDir === undefined ? undefined : join(profileDir, `echo-${variant}-${++profiles}.cpuprofile`)
     if (path !== undefined) await stack.server.ask({ cmd: 'profileStart' })
@@ -180,7 +186,7 @@ function metricsShare (profile: CpuProfile): { busyMs: number, metricsMs: number
 async function echoRoundTrip (): Promise<void> {
   const results = await interleaved(async (variant) => {
     const stack = await startStack(variant, connections)
-    await sleep(300)
+    await settle(stack)
     const { p50, p99 } = await stack.clients[0].ask({ cmd: 'echo', sockets: 10, count: quick ? 10 : 200 }) as { p50: number, p99: number }
     await stopStack(stack)
     return { p50, p99 }
