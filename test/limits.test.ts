@@ -126,5 +126,5 @@ void t.test('upgrades after a shutdown began get 503; manual connects are refuse
   const manual = await openClient(`${url}/raw`)
   t.equal((await closeOf(manual)).code, CloseCode.SERVICE_RESTART)
   t.match(errors, [{ code: 'FST_WS_STABILIZER_SHUTTING_DOWN' }])
-  t.same(app.stabilizer.getStats().rejectedUpgrades, { connectionLimit: 0, shuttingDown: 2, identity: 0, token: 0, origin: 0, ipLimit: 0, connectRate: 0 })
+  t.same(app.stabilizer.getStats().rejectedUpgrades, { connectionLimit: 0, shuttingDown: 2, identity: 0, clientId: 0, token: 0, origin: 0, ipLimit: 0, connectRate: 0 })
 })
