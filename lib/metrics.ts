@@ -289,7 +289,7 @@ export function registerSeries (client: PromClient, registry: MetricsRegistry, s
     }
     return [...byLabel].map(([code, count]) => [{ code }, count])
   })
-  counter('upgrades_rejected_total', 'Upgrades refused before they happened, by reason (connection_limit, shutting_down, identity, token, origin, ip_limit, connect_rate).', ['reason'], (s) =>
+  counter('upgrades_rejected_total', 'Upgrades refused before they happened, by reason (connection_limit, shutting_down, identity, client_id, token, origin, ip_limit, connect_rate).', ['reason'], (s) =>
     Object.entries(s.stats.rejectedUpgrades).map(([reason, count]) => [{ reason: snakeCase(reason) }, count]))
   gauge('state', 'Lifecycle of the stabilizer: 1 for its current state (running, draining, closed), 0 for the others.', ['state'], (s) =>
     lifecycleStates.map((state) => [{ state }, s.stats.status === state ? 1 : 0]))
