@@ -247,6 +247,15 @@ export class StreamSubscriptions {
     const early = state.early
     state.early = []
     for (const entry of early) this.#accept(state, entry)
+    // An own entry at or before the starting position whose notification did not arrive was
+    // published before this subscription began (it raced with the start): no delivery will
+    // come for it, so its publish resolves without a local result instead of waiting forever.
+    for (const [k, entry] of state.own) {
+      if (entry.epoch !== state.epoch || entry.seq > state.last) continue
+      state.own.delete(k)
+      this.#settle(k, undefined)
+    }
+    if (this.#gap(state)) this.#armGap(state)
     state.active.resolve()
   }
 
