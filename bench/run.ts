@@ -9,6 +9,7 @@
 import os from 'node:os'
 import { contenderNames, type ContenderName } from './contenders.js'
 import { spawnJson, type JsonProcess } from '../test/fixtures/json-process.js'
+import { mergeDeliveries, type DeliveryReport } from './deliveries.js'
 
 const quick = process.argv.includes('--quick')
 /** `--only=fanout,throughput` runs a subset of the scenarios (memory, fanout, throughput, storm, echo). */
@@ -112,17 +113,9 @@ async function memory (connections: number): Promise<void> {
 }
 
 async function collectDeliveries (clients: JsonProcess[]): Promise<Map<number, { latency: number, deliveries: number }>> {
-  const byId = new Map<number, { latency: number, deliveries: number }>()
-  for (const client of clients) {
-    const { ids } = await client.ask({ cmd: 'report' }) as { ids: Array<[number, number, number]> }
-    for (const [id, latency, deliveries] of ids) {
-      const entry = byId.get(id) ?? { latency: 0, deliveries: 0 }
-      entry.latency = Math.max(entry.latency, latency)
-      entry.deliveries += deliveries
-      byId.set(id, entry)
-    }
-  }
-  return byId
+  const reports: DeliveryReport[] = []
+  for (const client of clients) reports.push(await client.ask({ cmd: 'report' }) as DeliveryReport)
+  return mergeDeliveries(reports)
 }
 
 async function fanout (connections: number): Promise<void> {

@@ -20,6 +20,7 @@ import { spawnJson, type JsonProcess } from '../test/fixtures/json-process.js'
 import { startRedisServer } from '../test/fixtures/redis-server.js'
 import { startRedisCluster } from '../test/fixtures/redis-cluster.js'
 import type { ScaleoutContender, ScaleoutSettings } from './scaleout-server.js'
+import { mergeDeliveries, type DeliveryReport } from './deliveries.js'
 
 const quick = process.argv.includes('--quick')
 const option = (name: string): string | undefined => process.argv.find((arg) => arg.startsWith(`--${name}=`))?.slice(name.length + 3)
@@ -202,17 +203,9 @@ async function stopStack (stack: Stack): Promise<void> {
 
 /** Per broadcast id: the latest delivery's latency (ms) and the deliveries, over every client process. */
 async function collect (stack: Stack): Promise<Map<number, { latency: number, deliveries: number }>> {
-  const byId = new Map<number, { latency: number, deliveries: number }>()
-  for (const client of stack.clients) {
-    const { ids } = await ask(client, { cmd: 'report' }) as { ids: Array<[number, number, number]> }
-    for (const [id, latency, deliveries] of ids) {
-      const entry = byId.get(id) ?? { latency: 0, deliveries: 0 }
-      entry.latency = Math.max(entry.latency, latency)
-      entry.deliveries += deliveries
-      byId.set(id, entry)
-    }
-  }
-  return byId
+  const reports: DeliveryReport[] = []
+  for (const client of stack.clients) reports.push(await ask(client, { cmd: 'report' }) as DeliveryReport)
+  return mergeDeliveries(reports)
 }
 
 // ---- fan-out ----

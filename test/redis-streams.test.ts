@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import type { StreamEntry, StreamPosition, StreamRead } from '../lib/adapter/adapter.js'
 import { StreamSubscriptions } from '../lib/adapter/redis-streams.js'
 
@@ -27,16 +27,24 @@ function scriptedSource () {
   return { source, delivered, answerTop: (position: StreamPosition) => { answerTop(position) } }
 }
 
-void t.test('an own publish that lands before the subscription\'s starting position settles instead of hanging', async (t) => {
+/**
+ * `c:kim` subscribed while its starting position (the top) is still being read, and this
+ * instance's own entry `seq` published meanwhile: returns its publish's local result.
+ */
+async function publishDuringStart (t: Test, seq: number) {
   const { source, delivered, answerTop } = scriptedSource()
   const streams = new StreamSubscriptions(source)
   t.teardown(() => { streams.close() })
+  streams.subscribe('c:kim')
+  await new Promise((resolve) => setImmediate(resolve))
+  return { streams, delivered, answerTop, local: streams.delivered(entry(seq)) }
+}
+
+void t.test('an own publish that lands before the subscription\'s starting position settles instead of hanging', async (t) => {
   // The client came back to this instance while a direct send to it was in flight: the stream is
   // subscribed again, its start (the top) is still being read, and the publish's entry (seq 1)
   // is already in the log, so the top will include it.
-  streams.subscribe('c:kim')
-  await new Promise((resolve) => setImmediate(resolve))
-  const local = streams.delivered(entry(1))
+  const { delivered, answerTop, local } = await publishDuringStart(t, 1)
   answerTop({ epoch: 'e1', seq: 1 })
   let timer: NodeJS.Timeout | undefined
   const settled = await Promise.race([local.then((value) => ({ value })), new Promise((resolve) => { timer = setTimeout(() => { resolve('hung') }, 2000) })])
@@ -46,12 +54,7 @@ void t.test('an own publish that lands before the subscription\'s starting posit
 })
 
 void t.test('an own publish after the starting position is delivered in its place once the start is known', async (t) => {
-  const { source, delivered, answerTop } = scriptedSource()
-  const streams = new StreamSubscriptions(source)
-  t.teardown(() => { streams.close() })
-  streams.subscribe('c:kim')
-  await new Promise((resolve) => setImmediate(resolve))
-  const local = streams.delivered(entry(2))
+  const { streams, delivered, answerTop, local } = await publishDuringStart(t, 2)
   answerTop({ epoch: 'e1', seq: 1 })
   streams.receive('ch:c:kim', Buffer.from('e1 2 1002 [0,"me",null]\n"m2"'))
   t.equal(await local, 'delivered 2', 'the publish resolves with its local delivery')
