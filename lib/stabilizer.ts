@@ -144,7 +144,8 @@ export class Stabilizer {
         deliver: (entry) => this.delivery.deliverEntry(entry),
         replaced: (clientId, since) => {
           const connection = this.registry.get(clientId)
-          if (connection !== undefined && connection.connectedAt <= since) this.replacedElsewhere(connection)
+          // An adapter that gives no time replaces whatever is here.
+          if (connection !== undefined && connection.connectedAt <= (since ?? Infinity)) this.replacedElsewhere(connection)
         },
         disconnect: (clientId, code, reason) => { void this.disconnect(clientId, code, reason) },
         connectivity: (connected) => {
@@ -460,7 +461,7 @@ export class Stabilizer {
     this.adapter.subscribe(clientStream(clientId))
     inBackground(this.log, this.adapter.claim(clientId, connection.connectedAt).then((claimed) => {
       // A connection that opened later holds the id on another instance: this one is the older.
-      if (!claimed && this.registry.get(clientId) === connection) this.replacedElsewhere(connection)
+      if (claimed === false && this.registry.get(clientId) === connection) this.replacedElsewhere(connection)
     }), 'claim')
     this.log.debug({ clientId, replaced: replaced !== undefined }, 'websocket connected')
     this.heartbeat?.add(connection)

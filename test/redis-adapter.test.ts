@@ -142,3 +142,15 @@ void t.test('Redis commands per publish do not grow with the subscribed instance
   t.equal(one.publish, 1, 'one PUBLISH (inside it) per publish')
   t.same(four, one, 'the same commands per publish with four subscribed instances as with one')
 })
+
+void t.test('a release while its claim is in flight is final: the presence refresh never writes the client back', async (t) => {
+  const [a, b] = await startInstances(t, factoryOn(server.url), { limits: { retentionMs: 600 } })
+  // The connection closed before its claim's answer came back.
+  const claiming = a.adapter.claim('brief')
+  const releasing = a.adapter.release('brief')
+  await Promise.all([claiming, releasing])
+  t.equal(await b.adapter.locate('brief'), undefined, 'released')
+  // Presence is refreshed every third of the resume window here: three refreshes pass.
+  await new Promise((resolve) => setTimeout(resolve, 700))
+  t.equal(await b.adapter.locate('brief'), undefined, 'and still released after the refreshes')
+})

@@ -464,7 +464,8 @@ class RedisAdapter implements StabilizerAdapter {
       // instance's subscription was away): the connection here is the older one.
       if (Number(state) === 0 && this.#held.get(clientId) === held) {
         this.#held.delete(clientId)
-        this.#ctx.handlers.replaced(clientId, Date.now())
+        // Only the connection this refresh was for: a newer local one stays.
+        this.#ctx.handlers.replaced(clientId, since)
         return
       }
       if (Number(state) === 2 && saved !== undefined && this.#held.get(clientId)?.saved === saved) {
@@ -561,10 +562,16 @@ class RedisAdapter implements StabilizerAdapter {
   async claim (clientId: string, since = Date.now()): Promise<boolean> {
     const { instanceId } = this.#ctx
     since = Math.floor(since)
+    // Held from before the call: a release while the claim is in flight removes it for good.
+    const before = this.#held.get(clientId)
+    const held = before === undefined || before.since <= since ? { since, saved: before?.saved } : undefined
+    if (held !== undefined) this.#held.set(clientId, held)
+    // A claim that fails (Redis away) stays held: the presence refresh writes it once Redis is back.
     const [claimed, previous] = await this.#script(scripts.claim, [this.#owner(clientId)], [instanceId, since, presenceTtl]) as [number, string]
-    if (Number(claimed) !== 1) return false
-    const held = this.#held.get(clientId)
-    if (held === undefined || held.since <= since) this.#held.set(clientId, { since, saved: held?.saved })
+    if (Number(claimed) !== 1) {
+      if (held !== undefined && this.#held.get(clientId) === held) this.#held.delete(clientId)
+      return false
+    }
     if (previous !== '' && previous !== instanceId) await this.#publishControl(previous, { t: 'r', c: clientId, s: since })
     return true
   }
