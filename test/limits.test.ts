@@ -1,9 +1,9 @@
 import t from 'tap'
 import Fastify from 'fastify'
-import { connect } from 'node:net'
 import { once } from 'node:events'
 import stabilizer, { CloseCode } from '../lib/index.js'
 import { buildApp, listen, openClient, refusal, waitFor, closeOf } from './fixtures/server.js'
+import { sendUpgradeRequest } from './fixtures/raw-peer.js'
 
 void t.test('maxConnections: the next upgrade gets 503 with Retry-After, and no socket is accepted', async (t) => {
   const app = await buildApp({ maxConnections: 2 })
@@ -69,11 +69,8 @@ void t.test('a client that leaves during identify() gives its slot back', async 
   app.get('/ws', { websocket: true }, () => {})
   const url = await listen(app)
   t.teardown(() => app.close())
-  const { port } = new URL(url)
   for (let i = 0; i < 4; i++) {
-    const socket = connect({ host: '127.0.0.1', port: Number(port) })
-    await once(socket, 'connect')
-    socket.write('GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+    const socket = await sendUpgradeRequest(url, '/ws')
     await waitFor(() => identifying === i + 1)
     // FIN (the server sees a half-closed socket) and RST (a destroyed one).
     if (i % 2 === 0) socket.destroy()

@@ -161,23 +161,23 @@ void t.test('resumes: by outcome, resumed connections, and a refused token', asy
 
 void t.test('resumes over sockets: full and partial replays counted, replayed messages as many as came back', async (t) => {
   const { app, url, metricsUrl } = await metricsApp(t, { metrics: true, replayBufferSize: 10 })
-  // A full replay: two direct messages while away, both come back.
+  /** Drops `peer`, sends `away` direct messages meanwhile, and resumes until `expected` came back. */
+  async function resumeAfter (peer: ProtocolPeer, away: number, expected: number): Promise<ProtocolPeer> {
+    peer.socket.terminate()
+    await waitFor(() => app.stabilizer.getMemoryUsage().retainedSessions === 1)
+    for (let i = 0; i < away; i++) await app.stabilizer.sendToClient('fay', `away ${i}`)
+    const next = await ProtocolPeer.open(`${url}/ws/fay`, { token: peer.welcome!.token!, positions: peer.positionsNow() })
+    await next.until(() => next.messages.length === expected)
+    return next
+  }
   const first = await ProtocolPeer.open(`${url}/ws/fay`)
   await app.stabilizer.sendToClient('fay', 'seen')
   await first.until(() => first.messages.length === 1)
-  first.socket.terminate()
-  await waitFor(() => app.stabilizer.getMemoryUsage().retainedSessions === 1)
-  for (let i = 0; i < 2; i++) await app.stabilizer.sendToClient('fay', `away ${i}`)
-  const second = await ProtocolPeer.open(`${url}/ws/fay`, { token: first.welcome!.token!, positions: first.positionsNow() })
-  await second.until(() => second.messages.length === 2)
+  // A full replay: two direct messages while away, both come back.
+  const second = await resumeAfter(first, 2, 2)
   t.match(second.welcome!.resume, { outcome: 'full', replayed: 2, missed: 0 })
-
   // A partial replay: more while away than the log keeps.
-  second.socket.terminate()
-  await waitFor(() => app.stabilizer.getMemoryUsage().retainedSessions === 1)
-  for (let i = 0; i < 25; i++) await app.stabilizer.sendToClient('fay', `gone ${i}`)
-  const third = await ProtocolPeer.open(`${url}/ws/fay`, { token: second.welcome!.token!, positions: second.positionsNow() })
-  await third.until(() => third.messages.length === 10)
+  const third = await resumeAfter(second, 25, 10)
   t.match(third.welcome!.resume, { outcome: 'partial', replayed: 10, missed: 15 })
   t.teardown(() => { third.socket.terminate() })
 
