@@ -11,6 +11,7 @@ import { binaryMessageFrame, textMessageFrame, textPayload } from './protocol.js
 import { DeflatedFrames, type SharedDeflate } from './shared-deflate.js'
 import { wholeFrame } from './frame.js'
 import { idleTransport, plainFrameTransport, serverWindowBits, sharedDeflateOf } from './wire.js'
+import { writeCoalesced } from './write-coalescing.js'
 
 /**
  * Honest counts of one broadcast on this instance.
@@ -185,19 +186,20 @@ export async function fanOut (
  * Hands one broadcast to one open recipient whose sender is idle: a client without
  * compression gets the shared whole frame written straight to its transport (one buffer, no
  * per-socket framing); one that negotiated the shared compressor gets the message deflated
- * once for all such recipients; any other goes through `send()`.
+ * once for all such recipients; any other goes through `send()`. Direct writes of one callback
+ * to one socket leave together.
  */
 function deliver (connection: Connection, message: Outbound): boolean {
   const { socket, protocol } = connection
   const transport = plainFrameTransport(socket)
   if (transport !== undefined) {
-    transport.write(protocol ? message.protocolWholeFrame : message.plainFrame)
+    writeCoalesced(transport, protocol ? message.protocolWholeFrame : message.plainFrame)
     return true
   }
   const deflate = sharedDeflateOf(socket)
   const idle = deflate === undefined ? undefined : idleTransport(socket)
   if (idle !== undefined) {
-    idle.write(message.sharedFrame(deflate!, serverWindowBits(socket), protocol))
+    writeCoalesced(idle, message.sharedFrame(deflate!, serverWindowBits(socket), protocol))
     return true
   }
   return writeTo(connection, message.frameFor(connection))

@@ -14,6 +14,8 @@ import type { Registry } from './registry.js'
 import { allowsResume, sessionRecord, type ResumeRequest, type StreamStart } from './resume.js'
 import type { ReconnectTokens } from './tokens.js'
 import { inBackground, runHook } from './unawaited.js'
+import { transportOf } from './wire.js'
+import { holdWrites } from './write-coalescing.js'
 import type { UserData } from './user-data.js'
 
 /** What the sessions read of the stabilizer. */
@@ -96,7 +98,8 @@ export class Sessions {
 
   /**
    * The first frame on a `stabilizer.v1` connection, followed by the replayed and held messages
-   * in order. The replay goes out in one turn: it is bounded by the streams' logs.
+   * in order. The replay goes out in one turn and, where ws writes it at once, in one write: it
+   * is bounded by the streams' logs.
    */
   welcome (connection: Connection, start: StreamStart): void {
     const { options, log } = this.ctx
@@ -113,6 +116,7 @@ export class Sessions {
       positions: start.positions,
       resume: start.report ?? null
     }
+    holdWrites(transportOf(connection.socket))
     connection.socket.send(JSON.stringify(welcome))
     for (const message of start.messages) writeTo(connection, message.frameFor(connection))
     const { report } = start

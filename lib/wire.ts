@@ -31,6 +31,11 @@ export function idleTransport (socket: WebSocket): Duplex | undefined {
   return sender._socket
 }
 
+/** The socket's transport (ws's `_socket`, stable since v1), or undefined before it is attached. */
+export function transportOf (socket: WebSocket): Duplex | undefined {
+  return (socket as unknown as { _socket?: Duplex })._socket
+}
+
 /**
  * The transport a broadcast's shared plain frame may be written to: an idle transport of a
  * socket that did not negotiate permessage-deflate. Where compression was agreed, `send()`
@@ -178,7 +183,7 @@ export function protocolErrorCloseCode (err: Error & { code?: string }): number 
  * ever disappears this check degrades to trusting the callback, and test/fanout.test.ts fails.
  */
 export function transportDestroyed (socket: WebSocket): boolean {
-  return (socket as unknown as { _socket?: { destroyed?: boolean } })._socket?.destroyed === true
+  return transportOf(socket)?.destroyed === true
 }
 
 /** Reasons for the closes `ws` starts itself after a protocol error, which it sends without one. */

@@ -1,0 +1,38 @@
+/**
+ * Frames written straight to a transport within one callback of the event loop leave it in one
+ * write: a burst of broadcasts costs each socket one system call, and its reader one read.
+ */
+import type { Duplex } from 'node:stream'
+
+/** Transports corked by this module, uncorked together once the current callback is done. */
+let corked = new Set<Duplex>()
+
+function uncorkAll (): void {
+  const batch = corked
+  corked = new Set()
+  for (const transport of batch) transport.uncork()
+}
+
+/**
+ * Holds back what is written to `transport` until the current callback is done, then sends it
+ * in one write. A transport with bytes already waiting is left alone: the stream queues new
+ * writes behind them and sends the queue in one write once the kernel takes more. Order is
+ * kept either way: everything written meanwhile (a ws send, a ping) joins the same queue.
+ */
+export function holdWrites (transport: Duplex | undefined): void {
+  if (transport === undefined || transport.writableLength !== 0 || corked.has(transport)) return
+  transport.cork()
+  corked.add(transport)
+  if (corked.size === 1) process.nextTick(uncorkAll)
+}
+
+/** Writes `frame` to `transport`, to leave with the callback's other frames to it. */
+export function writeCoalesced (transport: Duplex, frame: Buffer): void {
+  holdWrites(transport)
+  transport.write(frame)
+}
+
+/** Bytes held back in `transport` by `holdWrites` until the current callback is done. */
+export function coalescedBytes (transport: Duplex | undefined): number {
+  return transport !== undefined && corked.has(transport) ? transport.writableLength : 0
+}
