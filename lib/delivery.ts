@@ -11,8 +11,8 @@ import type { StabilizerMetrics } from './metrics.js'
 import type { ResolvedOptions } from './options.js'
 import type { Registry } from './registry.js'
 import type { ProtectionStats } from './stats.js'
-import { transportDestroyed, transportOf } from './wire.js'
-import { coalescedBytes } from './write-coalescing.js'
+import { transportDestroyed } from './wire.js'
+import { waitingBytes } from './write-coalescing.js'
 
 type LocalCounts = Awaited<ReturnType<typeof fanOut>>
 
@@ -95,14 +95,14 @@ export class Delivery {
    * A connection may queue a message while its outbound buffer stays within
    * `maxBufferedAmount` (a message is always allowed onto an empty buffer, so one larger than
    * the cap still reaches a reader that keeps up). Past it: 'drop' counts and skips the
-   * message, 'disconnect' closes with 4002. The buffer is ws's `bufferedAmount`, less the bytes
-   * held back to leave with this callback's other frames (they are not waiting on the reader).
+   * message, 'disconnect' closes with 4002. The buffer is what the reader has yet to take
+   * (`waitingBytes`).
    */
   private createGate (protection: ProtectionStats): OutboundGate {
     const { maxBufferedAmount, slowConsumerPolicy } = this.options
     if (maxBufferedAmount === 0) return () => true
     return (connection, bytes) => {
-      const buffered = connection.socket.bufferedAmount - coalescedBytes(transportOf(connection.socket))
+      const buffered = waitingBytes(connection.socket)
       if (buffered === 0 || buffered + bytes <= maxBufferedAmount) return true
       protection.slowConsumerDrops++
       connection.droppedMessages++

@@ -11,6 +11,7 @@ import type { MetricsBuckets, MetricsRegistry } from './options.js'
 import { inboundSize } from './rate-limit.js'
 import type { ReplayOutcome } from './protocol.js'
 import type { StabilizerStats } from './stats.js'
+import { waitingBytes } from './write-coalescing.js'
 
 /**
  * What the core reports as it happens; everything else is read at scrape time. Times are
@@ -370,7 +371,7 @@ function takeSnapshot (source: MetricsSource, groups: readonly string[]): Snapsh
   for (const clientId of source.getActiveConnections()) {
     const connection = source.getConnection(clientId)
     if (connection === undefined) continue
-    const buffered = connection.socket.bufferedAmount
+    const buffered = waitingBytes(connection.socket)
     if (buffered > 0) slowConsumers++
     if (buffered > largestBuffer) largestBuffer = buffered
     const joined = connection.groups

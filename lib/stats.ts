@@ -7,6 +7,7 @@ import type { Connection, DisconnectCause } from './connection.js'
 import type { HeartbeatCounters } from './heartbeat.js'
 import type { ResolvedOptions } from './options.js'
 import type { LifecycleState } from './shutdown.js'
+import { waitingBytes } from './write-coalescing.js'
 
 /** Why an upgrade was refused before it happened. */
 export type RejectionReason = 'connectionLimit' | 'shuttingDown' | 'identity' | 'clientId' | 'token' | 'origin' | 'ipLimit' | 'connectRate'
@@ -128,7 +129,7 @@ interface ConnectionsView {
 /** Memory held for the connections of this instance (buffers read now) and by the adapter's retained sessions. */
 export function memoryUsage (registry: ConnectionsView, userDataBytes: number, retained = { sessions: 0, bytes: 0 }): MemoryUsage {
   let bufferedBytes = 0
-  for (const connection of registry.live) bufferedBytes += connection.socket.bufferedAmount
+  for (const connection of registry.live) bufferedBytes += waitingBytes(connection.socket)
   const connections = registry.size
   return {
     connections,

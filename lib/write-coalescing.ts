@@ -3,6 +3,8 @@
  * write: a burst of broadcasts costs each socket one system call, and its reader one read.
  */
 import type { Duplex } from 'node:stream'
+import type { WebSocket } from 'ws'
+import { transportOf } from './wire.js'
 
 /** Transports corked by this module, uncorked together once the current callback is done. */
 let corked = new Set<Duplex>()
@@ -32,7 +34,13 @@ export function writeCoalesced (transport: Duplex, frame: Buffer): void {
   transport.write(frame)
 }
 
-/** Bytes held back in `transport` by `holdWrites` until the current callback is done. */
-export function coalescedBytes (transport: Duplex | undefined): number {
-  return transport !== undefined && corked.has(transport) ? transport.writableLength : 0
+/**
+ * Outbound bytes a socket's reader has yet to take: ws's `bufferedAmount`, less what is held
+ * back for the current callback's one write (those wait on the callback, not on the reader).
+ */
+export function waitingBytes (socket: WebSocket): number {
+  const buffered = socket.bufferedAmount
+  if (buffered === 0) return 0
+  const transport = transportOf(socket)
+  return transport !== undefined && corked.has(transport) ? buffered - transport.writableLength : buffered
 }
