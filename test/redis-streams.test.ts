@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
-import type { StreamEntry, StreamPosition, StreamRead } from '../lib/adapter/adapter.js'
-import { StreamSubscriptions } from '../lib/adapter/redis-streams.js'
+import type { StreamEntry, StreamRead } from '../lib/adapter/adapter.js'
+import { StreamSubscriptions, type StreamStart } from '../lib/adapter/redis-streams.js'
 
 // The Redis adapter's ordering buffer on its own, fed by a source this test scripts: the races
 // between a stream's subscription starting and this instance's own publishes to it. (The
@@ -10,21 +10,27 @@ function entry (seq: number, origin = 'me'): StreamEntry {
   return { stream: 'c:kim', epoch: 'e1', seq, origin, ts: 1000 + seq, payload: Buffer.from(`"m${seq}"`), binary: false }
 }
 
-function scriptedSource () {
-  let answerTop: (position: StreamPosition) => void = () => {}
+/** A source whose starting point the test answers, and whose log holds `log` (seqs after 0 of epoch e1). */
+function scriptedSource (log: number[] = []) {
+  let answerStart: (start: StreamStart) => void = () => {}
   const delivered: number[] = []
+  const starts: number[] = []
   const source = {
     instanceId: 'me',
     gapTimeout: 20,
     channelOf: (stream: string) => `ch:${stream}`,
     subscribe: async () => {},
     unsubscribe: async () => {},
-    top: async () => await new Promise<StreamPosition>((resolve) => { answerTop = resolve }),
-    read: async (): Promise<StreamRead> => ({ top: { epoch: 'e1', seq: 1 }, entries: [], missed: 0 }),
+    start: async (_stream: string, since: number) => { starts.push(since); return await new Promise<StreamStart>((resolve) => { answerStart = resolve }) },
+    read: async (_stream: string, after: { seq: number }): Promise<StreamRead> => ({
+      top: { epoch: 'e1', seq: Math.max(1, ...log) },
+      entries: log.filter((seq) => seq > after.seq).map((seq) => entry(seq, 'other')),
+      missed: 0
+    }),
     deliver: (e: StreamEntry) => { delivered.push(e.seq); return `delivered ${e.seq}` },
     subscriberReady: () => true
   }
-  return { source, delivered, answerTop: (position: StreamPosition) => { answerTop(position) } }
+  return { source, delivered, starts, answerStart: (start: StreamStart) => { answerStart(start) } }
 }
 
 /**
@@ -32,20 +38,20 @@ function scriptedSource () {
  * instance's own entry `seq` published meanwhile: returns its publish's local result.
  */
 async function publishDuringStart (t: Test, seq: number) {
-  const { source, delivered, answerTop } = scriptedSource()
+  const { source, delivered, answerStart } = scriptedSource()
   const streams = new StreamSubscriptions(source)
   t.teardown(() => { streams.close() })
   streams.subscribe('c:kim')
   await new Promise((resolve) => setImmediate(resolve))
-  return { streams, delivered, answerTop, local: streams.delivered(entry(seq)) }
+  return { streams, delivered, answerStart, local: streams.delivered(entry(seq)) }
 }
 
 void t.test('an own publish that lands before the subscription\'s starting position settles instead of hanging', async (t) => {
   // The client came back to this instance while a direct send to it was in flight: the stream is
   // subscribed again, its start (the top) is still being read, and the publish's entry (seq 1)
   // is already in the log, so the top will include it.
-  const { delivered, answerTop, local } = await publishDuringStart(t, 1)
-  answerTop({ epoch: 'e1', seq: 1 })
+  const { delivered, answerStart, local } = await publishDuringStart(t, 1)
+  answerStart({ top: { epoch: 'e1', seq: 1 }, before: 1 })
   let timer: NodeJS.Timeout | undefined
   const settled = await Promise.race([local.then((value) => ({ value })), new Promise((resolve) => { timer = setTimeout(() => { resolve('hung') }, 2000) })])
   clearTimeout(timer)
@@ -54,9 +60,28 @@ void t.test('an own publish that lands before the subscription\'s starting posit
 })
 
 void t.test('an own publish after the starting position is delivered in its place once the start is known', async (t) => {
-  const { streams, delivered, answerTop, local } = await publishDuringStart(t, 2)
-  answerTop({ epoch: 'e1', seq: 1 })
+  const { streams, delivered, answerStart, local } = await publishDuringStart(t, 2)
+  answerStart({ top: { epoch: 'e1', seq: 1 }, before: 1 })
   streams.receive('ch:c:kim', Buffer.from('e1 2 1002 [0,"me",null]\n"m2"'))
   t.equal(await local, 'delivered 2', 'the publish resolves with its local delivery')
   t.same(delivered, [2])
+})
+
+void t.test('entries published after the subscribe call, before the subscription was live, are read and delivered first', async (t) => {
+  // Seqs 1–2 were published before the subscribe call, 3–4 after it but before the channel's
+  // subscription took effect (no notification came for them), 5 once it was live.
+  const { source, delivered, starts, answerStart } = scriptedSource([1, 2, 3, 4])
+  const streams = new StreamSubscriptions(source)
+  t.teardown(() => { streams.close() })
+  const asked = Date.now()
+  streams.subscribe('g:room')
+  await new Promise((resolve) => setImmediate(resolve))
+  t.ok(starts.length === 1 && starts[0] >= asked - 1 && starts[0] <= Date.now(), 'the start is asked for the time of the subscribe call')
+  streams.receive('ch:g:room', Buffer.from('e1 5 1005 [0,"other",null]\n"m5"'))
+  let active = false
+  const activating = streams.whenActive('g:room').then(() => { active = true })
+  answerStart({ top: { epoch: 'e1', seq: 4 }, before: 2 })
+  await activating
+  t.ok(active)
+  t.same(delivered, [3, 4, 5], 'the window read from the log, then the live notification, each once, in order')
 })

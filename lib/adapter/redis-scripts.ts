@@ -129,6 +129,32 @@ return result
 `
 
 /**
+ * Where a subscription that was asked for at `since` starts. KEYS: meta, log. ARGV: new epoch,
+ * metaTtl, since (ms, the store's clock). Returns {epoch, top, before}: `before` is the last seq
+ * published before `since` (entries after it were published since the subscription was asked
+ * for, while it was not live yet); the log is scanned from its newest entry back.
+ */
+export const startScript = `${openMeta}
+local meta, log = KEYS[1], KEYS[2]
+local epoch = openMeta(meta, log, ARGV[1], ARGV[2])
+local top = tonumber(redis.call('HGET', meta, 'seq'))
+local since = tonumber(ARGV[3])
+local before = top
+local cursor, count = '+', 1
+while true do
+  local batch = redis.call('XREVRANGE', log, cursor, '-', 'COUNT', count)
+  if #batch == 0 then break end
+  for i = 1, #batch do
+    local seq = tonumber(string.match(batch[i][1], '^(%d+)'))
+    if tonumber(batch[i][2][6]) < since then return { epoch, top, seq } end
+    before = seq - 1
+  end
+  cursor, count = '(' .. batch[#batch][1], 32
+end
+return { epoch, top, before }
+`
+
+/**
  * The instance heartbeat. KEYS: the members ZSET, the instance key prefix (its own keys are
  * `<prefix><id>`). ARGV: id, connections, ttl, keep (how long the ZSET outlives the last
  * instance). Drops members whose key expired; returns {id1, connections1, ...}.

@@ -12,11 +12,23 @@ export interface StreamSource {
   readonly channelOf: (stream: string) => string
   readonly subscribe: (channels: string[]) => Promise<void>
   readonly unsubscribe: (channels: string[]) => Promise<void>
-  readonly top: (stream: string) => Promise<StreamPosition>
+  /** Where a subscription asked for at `since` (ms since the epoch) starts. */
+  readonly start: (stream: string, since: number) => Promise<StreamStart>
   readonly read: (stream: string, after: StreamPosition, limit: number) => Promise<StreamRead>
   readonly deliver: (entry: StreamEntry) => unknown
   /** Whether the subscriber connection can take SUBSCRIBE now. */
   readonly subscriberReady: () => boolean
+}
+
+/**
+ * A stream's top, and `before`: the last seq published before the subscription was asked for.
+ * The entries after `before` were published since, some while the subscription was not live
+ * yet: they are read from the log, so that a client that joined on this instance gets every
+ * message published after its join on any instance.
+ */
+export interface StreamStart {
+  top: StreamPosition
+  before: number
 }
 
 const fillPage = 500
@@ -56,6 +68,9 @@ class StreamState {
   gapTimer: NodeJS.Timeout | undefined = undefined
   filling = false
   closed = false
+
+  /** When the subscription was asked for (ms since the epoch): what is published after it is delivered. */
+  readonly since = Date.now()
 
   constructor (readonly stream: string, readonly channel: string) {}
 
@@ -231,22 +246,29 @@ export class StreamSubscriptions {
     await this.#start(state)
   }
 
-  /** The subscription is live: every entry after the stream's current top will arrive. */
+  /**
+   * The subscription is live: every entry after the stream's current top will arrive, and the
+   * entries published between the subscribe call and now are read from the log before the
+   * stream counts as active (a follower reading the top then finds them delivered).
+   */
   async #start (state: StreamState): Promise<void> {
     if (state.closed || state.started) return
-    let top: StreamPosition
+    let start: StreamStart
     try {
-      top = await this.#source.top(state.stream)
+      start = await this.#source.start(state.stream, state.since)
     } catch {
       return // the subscriber's next 'ready' or the next check starts it
     }
     if (state.closed || state.started) return
+    const { top, before } = start
     state.epoch = top.epoch
-    state.last = top.seq
+    state.last = Math.min(before, top.seq)
     state.highest = top.seq
     const early = state.early
     state.early = []
     for (const entry of early) this.#accept(state, entry)
+    if (state.highest > state.last) await this.#fill(state, false)
+    if (state.closed) return
     // An own entry at or before the starting position whose notification did not arrive was
     // published before this subscription began (it raced with the start): no delivery will
     // come for it, so its publish resolves without a local result instead of waiting forever.

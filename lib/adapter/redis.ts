@@ -37,10 +37,11 @@ import {
   releaseScript,
   runScript,
   script,
+  startScript,
   takeSessionScript,
   type Script
 } from './redis-scripts.js'
-import { entryOf, lookbackAfterReconnect, StreamSubscriptions } from './redis-streams.js'
+import { entryOf, lookbackAfterReconnect, StreamSubscriptions, type StreamStart } from './redis-streams.js'
 import { partitionOf, partitionTags, slotOf, streamTag } from './redis-partitions.js'
 
 export interface RedisAdapterOptions {
@@ -81,6 +82,7 @@ const scripts = {
   publish: script(publishScript),
   claim: script(claimScript),
   read: script(readScript),
+  start: script(startScript),
   heartbeat: script(heartbeatScript),
   leave: script(leaveScript),
   release: script(releaseScript),
@@ -225,7 +227,7 @@ class RedisAdapter implements StabilizerAdapter {
         channelOf: (stream) => this.#channel(stream),
         subscribe: async (channels) => { await this.#subscribe(channels) },
         unsubscribe: async (channels) => { await this.#unsubscribe(channels) },
-        top: async (stream) => await this.#top(stream),
+        start: async (stream, since) => await this.#start(stream, since),
         read: async (stream, after, limit) => await this.#read(stream, after, limit),
         deliver: (entry) => instance.handlers.deliver(entry),
         subscriberReady: () => this.#subscriberUp
@@ -529,6 +531,11 @@ class RedisAdapter implements StabilizerAdapter {
   async top (stream: string): Promise<StreamPosition> {
     if (this.#streams !== undefined) await this.#within(this.#streams.whenActive(stream))
     return await this.#top(stream)
+  }
+
+  async #start (stream: string, since: number): Promise<StreamStart> {
+    const reply = await this.#script(scripts.start, [this.#meta(stream), this.#log(stream)], [newEpoch(), this.#metaTtl, since]) as unknown[]
+    return { top: { epoch: String(reply[0]), seq: Number(reply[1]) }, before: Number(reply[2]) }
   }
 
   async #top (stream: string): Promise<StreamPosition> {
