@@ -329,7 +329,7 @@ async function resume (contender: ResumeContender): Promise<Figures> {
       await ask(peer, { cmd: 'open', kind, url: url(1), id, room: group })
       if (kind === 'stabilizer' && (await ask(stack.servers[1], { cmd: 'join', id, group })).joined !== true) throw new Error('join failed')
       await ask(stack.servers[0], { cmd: 'burst', count: 1, from: 0, size, group, perTurn: 1, inFlight: 1 })
-      await ask(peer, { cmd: 'wait', count: 1 })
+      await ask(peer, { cmd: 'wait', count: 1 }).catch((err: unknown) => { throw new Error(`${contender}, resume ${r}: the message before the drop: ${String(err)}`) })
       await ask(peer, { cmd: 'drop' })
       await sleep(300)
       // Instance 0 broadcasts to the group while the client is away; it resumes on instance 2.
@@ -406,8 +406,8 @@ try {
       }
     }
     if (selected('resume')) {
-      const resumers: ResumeContender[] = round % 2 === 0 ? ['stabilizer', 'socket.io-streams'] : ['socket.io-streams', 'stabilizer']
-      for (const contender of resumers) {
+      const resumers = (['stabilizer', 'socket.io-streams'] as const).filter((contender) => contenders.includes(contender))
+      for (const contender of round % 2 === 0 ? resumers : [...resumers].reverse()) {
         resumeResults.get(contender)!.push(await resume(contender))
         loads.push(os.loadavg()[0])
       }
@@ -477,11 +477,11 @@ if (selected('fanout')) {
 }
 
 if (selected('resume')) {
-  const resumeRows: ResumeContender[] = ['stabilizer', 'socket.io-streams']
+  const resumeRows = (['stabilizer', 'socket.io-streams'] as const).filter((contender) => contenders.includes(contender))
   console.log(`\n#### Resume on another instance: ${resumeMessages} missed ${size}-byte messages (a group / room), connect → last replayed message received; median of ${resumesPerRound} per round\n`)
   console.log('| contender | connect → last message ms | connect → welcome / connect ms | vs socket.io-streams |')
   console.log('| --- | --- | --- | --- |')
-  const base = median(resumeResults.get('socket.io-streams')!.map((r) => r.ms))
+  const base = resumeRows.includes('socket.io-streams') ? median(resumeResults.get('socket.io-streams')!.map((r) => r.ms)) : Number.NaN
   for (const row of resumeRows) {
     const runs = resumeResults.get(row)!
     console.log(`| ${row === 'socket.io-streams' ? 'socket.io-streams (connection-state recovery)' : row} | ${cell(runs.map((r) => r.ms), 1)} | ${cell(runs.map((r) => r.welcomeMs), 1)} | ${ratio(median(runs.map((r) => r.ms)), base)} |`)
