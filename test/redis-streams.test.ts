@@ -11,7 +11,7 @@ function entry (seq: number, origin = 'me'): StreamEntry {
 }
 
 /** A source whose starting point the test answers, and whose log holds `log` (seqs after 0 of epoch e1). */
-function scriptedSource (log: number[] = []) {
+function scriptedSource (log: number[] = [], readGate: Promise<void> = Promise.resolve()) {
   let answerStart: (start: StreamStart) => void = () => {}
   const delivered: number[] = []
   const starts: number[] = []
@@ -22,11 +22,10 @@ function scriptedSource (log: number[] = []) {
     subscribe: async () => {},
     unsubscribe: async () => {},
     start: async (_stream: string, since: number) => { starts.push(since); return await new Promise<StreamStart>((resolve) => { answerStart = resolve }) },
-    read: async (_stream: string, after: { seq: number }): Promise<StreamRead> => ({
-      top: { epoch: 'e1', seq: Math.max(1, ...log) },
-      entries: log.filter((seq) => seq > after.seq).map((seq) => entry(seq, 'other')),
-      missed: 0
-    }),
+    read: async (_stream: string, after: { seq: number }): Promise<StreamRead> => {
+      await readGate
+      return { top: { epoch: 'e1', seq: Math.max(1, ...log) }, entries: log.filter((seq) => seq > after.seq).map((seq) => entry(seq, 'other')), missed: 0 }
+    },
     deliver: (e: StreamEntry) => { delivered.push(e.seq); return `delivered ${e.seq}` },
     subscriberReady: () => true
   }
@@ -70,7 +69,8 @@ void t.test('an own publish after the starting position is delivered in its plac
 void t.test('entries published after the subscribe call, before the subscription was live, are read and delivered first', async (t) => {
   // Seqs 1–2 were published before the subscribe call, 3–4 after it but before the channel's
   // subscription took effect (no notification came for them), 5 once it was live.
-  const { source, delivered, starts, answerStart } = scriptedSource([1, 2, 3, 4])
+  let releaseRead = (): void => {}
+  const { source, delivered, starts, answerStart } = scriptedSource([1, 2, 3, 4], new Promise((resolve) => { releaseRead = resolve }))
   const streams = new StreamSubscriptions(source)
   t.teardown(() => { streams.close() })
   const asked = Date.now()
@@ -78,10 +78,14 @@ void t.test('entries published after the subscribe call, before the subscription
   await new Promise((resolve) => setImmediate(resolve))
   t.ok(starts.length === 1 && starts[0] >= asked - 1 && starts[0] <= Date.now(), 'the start is asked for the time of the subscribe call')
   streams.receive('ch:g:room', Buffer.from('e1 5 1005 [0,"other",null]\n"m5"'))
+  answerStart({ top: { epoch: 'e1', seq: 4 }, before: 2 })
+  await new Promise((resolve) => setImmediate(resolve))
+  // The start is known and the window is being read: a follower must not take the top yet.
   let active = false
   const activating = streams.whenActive('g:room').then(() => { active = true })
-  answerStart({ top: { epoch: 'e1', seq: 4 }, before: 2 })
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(active, false, 'not active while the window is read')
+  releaseRead()
   await activating
-  t.ok(active)
   t.same(delivered, [3, 4, 5], 'the window read from the log, then the live notification, each once, in order')
 })

@@ -64,6 +64,8 @@ class StreamState {
   /** This instance's own entries waiting for delivery, by `epoch:seq` (they fill a gap the log cannot). */
   readonly own = new Map<string, StreamEntry>()
   readonly active = deferred()
+  /** Set once `active` resolved. */
+  live = false
   activating = false
   gapTimer: NodeJS.Timeout | undefined = undefined
   filling = false
@@ -142,10 +144,13 @@ export class StreamSubscriptions {
     if (this.#source.subscriberReady()) void this.#source.unsubscribe([state.channel]).catch(() => {})
   }
 
-  /** Resolves once the stream's subscription is live (immediately when it is, or when it is not followed). */
+  /**
+   * Resolves once the stream's subscription is live and what was published since the subscribe
+   * call is delivered (immediately when it is, or when it is not followed).
+   */
   async whenActive (stream: string): Promise<void> {
     const state = this.#streams.get(stream)
-    if (state === undefined || state.started) return
+    if (state === undefined || state.live) return
     await state.active.promise
   }
 
@@ -278,6 +283,7 @@ export class StreamSubscriptions {
       this.#settle(k, undefined)
     }
     if (this.#gap(state)) this.#armGap(state)
+    state.live = true
     state.active.resolve()
   }
 
