@@ -26,12 +26,15 @@ let socket: Socket | undefined
 let received = 0
 let token = ''
 const positions: Positions = {}
+/** Frames received since open, by type (what a failed wait reports). */
+let frames: Record<string, number> = {}
 /** Called on every message; resolves whoever waits. */
 let onMessage: () => void = () => {}
 
 /** stabilizer.v1 frames: keeps the positions as PROTOCOL.md §6 says, counts messages. */
 function stabilizerFrame (socketNow: WebSocket, data: Buffer, onWelcome: (frame: Record<string, unknown>) => void): void {
   const frame = JSON.parse(data.toString()) as Record<string, unknown>
+  frames[String(frame.t)] = (frames[String(frame.t)] ?? 0) + 1
   if (frame.t === 'welcome') {
     for (const stream of Object.keys(positions)) Reflect.deleteProperty(positions, stream)
     Object.assign(positions, frame.positions)
@@ -73,7 +76,7 @@ function openSocketIo (url: string, auth: Record<string, unknown>, onConnect: ()
 async function until (count: number, timeoutMs: number): Promise<void> {
   if (received >= count) return
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`${received} of ${count} messages within ${timeoutMs} ms`)) }, timeoutMs)
+    const timer = setTimeout(() => { reject(new Error(`${received} of ${count} messages within ${timeoutMs} ms (frames ${JSON.stringify(frames)})`)) }, timeoutMs)
     onMessage = () => {
       if (received < count) return
       clearTimeout(timer)
@@ -89,6 +92,7 @@ async function run (command: Command): Promise<Record<string, unknown>> {
       kind = command.kind!
       clientId = command.id!
       received = 0
+      frames = {}
       if (kind === 'stabilizer') await openStabilizer(command.url!, ['stabilizer.v1'])
       else await openSocketIo(command.url!, { room: command.room })
       return {}

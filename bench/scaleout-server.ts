@@ -29,6 +29,8 @@ interface Instance {
   broadcast: (message: string, group?: string) => void | Promise<unknown>
   /** Adds a connected client to a group (the stabilizer; socket.io clients name their room when they connect). */
   join: (clientId: string, group: string) => boolean
+  /** What this instance knows of a client (the stabilizer): connected here, its groups. */
+  client: (clientId: string) => Record<string, unknown>
   /** Resolves once Redis has run every command this instance sent so far. */
   drain: () => Promise<void>
   close: () => Promise<void>
@@ -56,6 +58,10 @@ async function start (name: ScaleoutContender, settings: ScaleoutSettings): Prom
       connections: () => app.stabilizer.getConnectionCount(),
       broadcast: async (message, group) => await app.stabilizer.broadcast(message, group === undefined ? {} : { group }),
       join: (clientId, group) => app.stabilizer.join(clientId, group),
+      client: (clientId) => {
+        const connection = app.stabilizer.getConnection(clientId)
+        return { connected: connection !== undefined, state: connection?.state, groups: app.stabilizer.getGroups(clientId), buffered: connection?.socket.bufferedAmount }
+      },
       drain: async () => {},
       close: async () => { await app.close() }
     }
@@ -84,6 +90,7 @@ async function start (name: ScaleoutContender, settings: ScaleoutSettings): Prom
     connections: () => io.engine.clientsCount,
     broadcast: (message, group) => { (group === undefined ? io : io.to(group)).emit('m', message) },
     join: () => false,
+    client: () => ({}),
     // Commands on one connection run in order: the answer to a PING follows every publish before it.
     drain: async () => { await redis.ping() },
     close: async () => {
@@ -162,6 +169,8 @@ async function run (command: Command): Promise<Record<string, unknown>> {
       return await burst(command.count!, command.from ?? 0, command.size!, command.perTurn ?? 4, command.inFlight ?? 64, command.group)
     case 'join':
       return { joined: instance.join(command.id!, command.group!) }
+    case 'client':
+      return instance.client(command.id!)
     default:
       throw new Error(`unknown command ${command.cmd}`)
   }

@@ -329,7 +329,10 @@ async function resume (contender: ResumeContender): Promise<Figures> {
       await ask(peer, { cmd: 'open', kind, url: url(1), id, room: group })
       if (kind === 'stabilizer' && (await ask(stack.servers[1], { cmd: 'join', id, group })).joined !== true) throw new Error('join failed')
       await ask(stack.servers[0], { cmd: 'burst', count: 1, from: 0, size, group, perTurn: 1, inFlight: 1 })
-      await ask(peer, { cmd: 'wait', count: 1 }).catch((err: unknown) => { throw new Error(`${contender}, resume ${r}: the message before the drop: ${String(err)}`) })
+      await ask(peer, { cmd: 'wait', count: 1 }).catch(async (err: unknown) => {
+        const seen = kind === 'stabilizer' ? JSON.stringify(await ask(stack.servers[1], { cmd: 'client', id })) : ''
+        throw new Error(`${contender}, resume ${r}: the message before the drop: ${String(err)} ${seen}`)
+      })
       await ask(peer, { cmd: 'drop' })
       await sleep(300)
       // Instance 0 broadcasts to the group while the client is away; it resumes on instance 2.
