@@ -89,3 +89,21 @@ void t.test('entries published after the subscribe call, before the subscription
   await activating
   t.same(delivered, [3, 4, 5], 'the window read from the log, then the live notification, each once, in order')
 })
+
+void t.test('position: where delivery stands here, not the store\'s top, so a follower never takes an entry still on its way as sent', async (t) => {
+  const { source, delivered, answerStart } = scriptedSource()
+  const streams = new StreamSubscriptions(source)
+  t.teardown(() => { streams.close() })
+  t.equal(streams.position('g:room'), undefined, 'not followed')
+  streams.subscribe('g:room')
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(streams.position('g:room'), undefined, 'not live yet')
+  answerStart({ top: { epoch: 'e1', seq: 4 }, before: 4 })
+  await streams.whenActive('g:room')
+  t.same(streams.position('g:room'), { epoch: 'e1', seq: 4 })
+  // Seq 5 is in the store (its top says 5); its notification has not arrived.
+  t.same(streams.position('g:room'), { epoch: 'e1', seq: 4 }, 'an entry on its way is not counted')
+  streams.receive('ch:g:room', Buffer.from('e1 5 1005 [0,"other",null]\n"m5"'))
+  t.same(delivered, [5])
+  t.same(streams.position('g:room'), { epoch: 'e1', seq: 5 }, 'counted once delivered')
+})

@@ -149,10 +149,18 @@ export interface StabilizerAdapter {
    * a bounded time when the shared store is unreachable; nothing is then delivered anywhere.
    */
   publish: (stream: string, message: StreamMessage) => Promise<PublishResult>
-  /** This instance has local readers of `stream`: deliver its entries. Counted: one unsubscribe undoes one subscribe. */
+  /**
+   * This instance has local readers of `stream`: deliver its entries, every one published after
+   * this call, also before the subscription took effect in a shared store. Counted: one
+   * unsubscribe undoes one subscribe.
+   */
   subscribe: (stream: string) => void
   unsubscribe: (stream: string) => void
-  /** The stream's current position (a stream never published to: a fresh epoch, seq 0). */
+  /**
+   * The stream's current position (a stream never published to: a fresh epoch, seq 0). On an
+   * instance that subscribes to the stream: the position up to which its entries were delivered
+   * here, so that every later entry comes through `deliver` (a follower starts from it).
+   */
   top: (stream: string) => Promise<StreamPosition>
   /** Entries after `after` (at most `limit`), or from the oldest kept when `after` is undefined. */
   read: (stream: string, after: StreamPosition | undefined, limit: number) => Promise<StreamRead>

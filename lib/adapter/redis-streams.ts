@@ -154,6 +154,17 @@ export class StreamSubscriptions {
     await state.active.promise
   }
 
+  /**
+   * Where delivery of a live stream stands here: every later entry comes through `deliver`.
+   * Undefined when the stream is not followed or not live yet. The store's top can be ahead of
+   * it by the notifications still on their way, which a follower must not take as sent.
+   */
+  position (stream: string): StreamPosition | undefined {
+    const state = this.#streams.get(stream)
+    if (state === undefined || !state.live || state.epoch === undefined) return undefined
+    return { epoch: state.epoch, seq: state.last }
+  }
+
   /** A notification on `channel`; false when the channel is not a stream's. */
   receive (channel: string, message: Buffer): boolean {
     const state = this.#byChannel.get(channel)

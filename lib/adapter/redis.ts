@@ -529,7 +529,11 @@ class RedisAdapter implements StabilizerAdapter {
   }
 
   async top (stream: string): Promise<StreamPosition> {
-    if (this.#streams !== undefined) await this.#within(this.#streams.whenActive(stream))
+    if (this.#streams !== undefined) {
+      await this.#within(this.#streams.whenActive(stream))
+      const delivered = this.#streams.position(stream)
+      if (delivered !== undefined) return delivered
+    }
     return await this.#top(stream)
   }
 
