@@ -15,6 +15,7 @@ function scriptedSource (log: number[] = [], readGate: Promise<void> = Promise.r
   let answerStart: (start: StreamStart) => void = () => {}
   const delivered: number[] = []
   const starts: number[] = []
+  let reads = 0
   const source = {
     instanceId: 'me',
     gapTimeout: 20,
@@ -23,13 +24,16 @@ function scriptedSource (log: number[] = [], readGate: Promise<void> = Promise.r
     unsubscribe: async () => {},
     start: async (_stream: string, since: number) => { starts.push(since); return await new Promise<StreamStart>((resolve) => { answerStart = resolve }) },
     read: async (_stream: string, after: { seq: number }): Promise<StreamRead> => {
+      // What the log holds when the read reaches it; the answer may come later.
+      const answer = { top: { epoch: 'e1', seq: Math.max(1, ...log) }, entries: log.filter((seq) => seq > after.seq).map((seq) => entry(seq, 'other')), missed: 0 }
+      reads++
       await readGate
-      return { top: { epoch: 'e1', seq: Math.max(1, ...log) }, entries: log.filter((seq) => seq > after.seq).map((seq) => entry(seq, 'other')), missed: 0 }
+      return answer
     },
     deliver: (e: StreamEntry) => { delivered.push(e.seq); return `delivered ${e.seq}` },
     subscriberReady: () => true
   }
-  return { source, delivered, starts, answerStart: (start: StreamStart) => { answerStart(start) } }
+  return { source, delivered, starts, reads: () => reads, answerStart: (start: StreamStart) => { answerStart(start) } }
 }
 
 /**
@@ -94,16 +98,56 @@ void t.test('position: where delivery stands here, not the store\'s top, so a fo
   const { source, delivered, answerStart } = scriptedSource()
   const streams = new StreamSubscriptions(source)
   t.teardown(() => { streams.close() })
-  t.equal(streams.position('g:room'), undefined, 'not followed')
+  t.equal(await streams.position('g:room'), undefined, 'not followed')
   streams.subscribe('g:room')
   await new Promise((resolve) => setImmediate(resolve))
-  t.equal(streams.position('g:room'), undefined, 'not live yet')
+  t.equal(await streams.position('g:room'), undefined, 'not live yet')
   answerStart({ top: { epoch: 'e1', seq: 4 }, before: 4 })
   await streams.whenActive('g:room')
-  t.same(streams.position('g:room'), { epoch: 'e1', seq: 4 })
+  t.same(await streams.position('g:room'), { epoch: 'e1', seq: 4 })
   // Seq 5 is in the store (its top says 5); its notification has not arrived.
-  t.same(streams.position('g:room'), { epoch: 'e1', seq: 4 }, 'an entry on its way is not counted')
+  t.same(await streams.position('g:room'), { epoch: 'e1', seq: 4 }, 'an entry on its way is not counted')
   streams.receive('ch:g:room', Buffer.from('e1 5 1005 [0,"other",null]\n"m5"'))
   t.same(delivered, [5])
-  t.same(streams.position('g:room'), { epoch: 'e1', seq: 5 }, 'counted once delivered')
+  t.same(await streams.position('g:room'), { epoch: 'e1', seq: 5 }, 'counted once delivered')
+})
+
+void t.test('position waits for the last entry\'s fan-out to finish: a follower is never told it has what its turn has not reached', async (t) => {
+  const { source, answerStart } = scriptedSource()
+  let finishFanOut = (): void => {}
+  source.deliver = (e: StreamEntry) => new Promise<string>((resolve) => { finishFanOut = () => { resolve(`delivered ${e.seq}`) } }) as unknown as string
+  const streams = new StreamSubscriptions(source)
+  t.teardown(() => { streams.close() })
+  streams.subscribe('g:room')
+  await new Promise((resolve) => setImmediate(resolve))
+  answerStart({ top: { epoch: 'e1', seq: 4 }, before: 4 })
+  await streams.whenActive('g:room')
+  streams.receive('ch:g:room', Buffer.from('e1 5 1005 [0,"other",null]\n"m5"'))
+  let answered: unknown
+  const asking = streams.position('g:room').then((position) => { answered = position })
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(answered, undefined, 'no answer while entry 5 is still being fanned out')
+  finishFanOut()
+  await asking
+  t.same(answered, { epoch: 'e1', seq: 5 })
+})
+
+void t.test('a reconnect while the log is read reads again to the top once that read is done', async (t) => {
+  let releaseRead = (): void => {}
+  const log = [1, 2, 3]
+  const { source, delivered, reads, answerStart } = scriptedSource(log, new Promise((resolve) => { releaseRead = resolve }))
+  const streams = new StreamSubscriptions(source)
+  t.teardown(() => { streams.close() })
+  streams.subscribe('g:room')
+  await new Promise((resolve) => setImmediate(resolve))
+  answerStart({ top: { epoch: 'e1', seq: 3 }, before: 1 })
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(reads(), 1, 'the window is being read')
+  // The subscriber reconnects meanwhile; seq 4 was published while it was away (no notification).
+  log.push(4)
+  await streams.resubscribe()
+  releaseRead()
+  await streams.whenActive('g:room')
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  t.same(delivered, [2, 3, 4], 'the window, then what the reconnect missed, each once, in order')
 })

@@ -2,7 +2,7 @@
  * The Redis adapter's receiving side: the streams this instance follows, each delivered once
  * and in order, with gaps filled from the stream's log before they are skipped.
  */
-import type { StreamEntry, StreamPosition, StreamRead } from './adapter.js'
+import { clientStream, type StreamEntry, type StreamPosition, type StreamRead } from './adapter.js'
 
 /** What the buffer needs from the adapter. */
 export interface StreamSource {
@@ -32,6 +32,7 @@ export interface StreamStart {
 }
 
 const fillPage = 500
+const clientStreamPrefix = clientStream('')
 /** Entries read back after a reconnect or a failover, to find positions a lagging replica re-issued. */
 export const lookbackAfterReconnect = 100
 const keptResultsMs = 30_000
@@ -66,9 +67,13 @@ class StreamState {
   readonly active = deferred()
   /** Set once `active` resolved. */
   live = false
+  /** What `deliver` returned for the last entry, while it is a promise (a fan-out spanning turns). */
+  delivering: Promise<unknown> | undefined = undefined
   activating = false
   gapTimer: NodeJS.Timeout | undefined = undefined
   filling = false
+  /** A fill to the top asked for while another fill was reading. */
+  refill: { lookback: number } | undefined = undefined
   closed = false
 
   /** When the subscription was asked for (ms since the epoch): what is published after it is delivered. */
@@ -155,14 +160,18 @@ export class StreamSubscriptions {
   }
 
   /**
-   * Where delivery of a live stream stands here: every later entry comes through `deliver`.
+   * Where delivery of a live stream stands here, once the last entry's delivery finished (a
+   * fan-out to many local readers spans turns): every later entry comes through `deliver`.
    * Undefined when the stream is not followed or not live yet. The store's top can be ahead of
    * it by the notifications still on their way, which a follower must not take as sent.
    */
-  position (stream: string): StreamPosition | undefined {
+  async position (stream: string): Promise<StreamPosition | undefined> {
     const state = this.#streams.get(stream)
     if (state === undefined || !state.live || state.epoch === undefined) return undefined
-    return { epoch: state.epoch, seq: state.last }
+    const position = { epoch: state.epoch, seq: state.last }
+    const delivering = state.delivering
+    if (delivering !== undefined) await delivering.catch(() => {})
+    return position
   }
 
   /** A notification on `channel`; false when the channel is not a stream's. */
@@ -355,6 +364,12 @@ export class StreamSubscriptions {
     } catch (err) {
       process.emitWarning(err as Error) // the stabilizer's handler must not break delivery of the stream
     }
+    // A client's stream is one write; a fan-out to a group or everyone may span turns.
+    if (value instanceof Promise && !entry.stream.startsWith(clientStreamPrefix)) {
+      const delivering = value
+      state.delivering = delivering
+      delivering.finally(() => { if (state.delivering === delivering) state.delivering = undefined }).catch(() => {})
+    }
     if (entry.origin !== this.#source.instanceId) return
     if (!this.#settle(k, value)) this.#results.set(k, { value, at: Date.now() })
   }
@@ -395,7 +410,12 @@ export class StreamSubscriptions {
 
   /** Delivers from the log what is missing up to what is known to exist (and, with `toTop`, up to the stream's top). */
   async #fill (state: StreamState, toTop: boolean, lookback = 0): Promise<void> {
-    if (state.filling || state.closed || state.epoch === undefined) return
+    if (state.closed || state.epoch === undefined) return
+    if (state.filling) {
+      // Asked again while reading (a reconnect during a gap's fill): read again once done.
+      if (toTop) state.refill = { lookback: Math.max(lookback, state.refill?.lookback ?? 0) }
+      return
+    }
     state.filling = true
     try {
       let first = true
@@ -436,7 +456,10 @@ export class StreamSubscriptions {
       this.#drain(state)
     } finally {
       state.filling = false
-      if (!state.closed && this.#gap(state)) this.#armGap(state)
+      const refill = state.refill
+      state.refill = undefined
+      if (refill !== undefined && !state.closed) void this.#fill(state, true, refill.lookback)
+      else if (!state.closed && this.#gap(state)) this.#armGap(state)
     }
   }
 

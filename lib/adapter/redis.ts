@@ -508,7 +508,7 @@ class RedisAdapter implements StabilizerAdapter {
     return { position, local: await streams.delivered(entry) }
   }
 
-  async #within (promise: Promise<void>): Promise<void> {
+  async #within (promise: Promise<unknown>): Promise<void> {
     let timer: NodeJS.Timeout | undefined
     try {
       await Promise.race([promise, new Promise<never>((_resolve, reject) => {
@@ -531,7 +531,9 @@ class RedisAdapter implements StabilizerAdapter {
   async top (stream: string): Promise<StreamPosition> {
     if (this.#streams !== undefined) {
       await this.#within(this.#streams.whenActive(stream))
-      const delivered = this.#streams.position(stream)
+      const settled = this.#streams.position(stream)
+      await this.#within(settled)
+      const delivered = await settled
       if (delivered !== undefined) return delivered
     }
     return await this.#top(stream)
