@@ -12,7 +12,15 @@ let corked = new Set<Duplex>()
 function uncorkAll (): void {
   const batch = corked
   corked = new Set()
-  for (const transport of batch) transport.uncork()
+  for (const transport of batch) uncork(transport)
+}
+
+function uncork (transport: Duplex): void {
+  try {
+    transport.uncork()
+  } catch (err) {
+    transport.destroy(err as Error) // never left corked: its connection closes instead
+  }
 }
 
 /**
@@ -28,10 +36,15 @@ export function holdWrites (transport: Duplex | undefined): void {
   if (corked.size === 1) process.nextTick(uncorkAll)
 }
 
-/** Writes `frame` to `transport`, to leave with the callback's other frames to it. */
+/**
+ * Writes `frame` to `transport`, to leave with the callback's other frames to it. Once a
+ * stream's worth (its high-water mark) is held, it goes now: what the kernel does not take
+ * then waits in the stream, where the slow-consumer check sees it.
+ */
 export function writeCoalesced (transport: Duplex, frame: Buffer): void {
   holdWrites(transport)
   transport.write(frame)
+  if (transport.writableLength >= transport.writableHighWaterMark && corked.delete(transport)) uncork(transport)
 }
 
 /**

@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs'
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { WebSocket } from 'ws'
 import { encodePositions, type Welcome } from '../lib/protocol.js'
+import { openRawPeer } from './fixtures/raw-peer.js'
 import { openClient, waitFor, withClients } from './fixtures/server.js'
 
 /** Write system calls this process made so far (every thread's, /proc/self/io). */
@@ -108,4 +109,20 @@ void t.test("a resume's welcome and replay leave in one write", async (t) => {
   // Both ends of the handshake are in this process; the replay alone was one write per message.
   t.ok(writes <= 10, `${writes} write calls for the handshake, the welcome and ${missed} replayed messages`)
   second.terminate()
+})
+
+void t.test('a burst in one callback to a reader that stopped still meets the slow-consumer limit', async (t) => {
+  const cap = 1_048_576
+  const { app, url } = await withClients(t, { maxBufferedAmount: cap, slowConsumerPolicy: 'drop' })
+  const stalled = await openRawPeer(url, '/ws/stalled')
+  t.teardown(() => { stalled.socket.destroy() })
+  stalled.socket.pause() // reads nothing: the kernel's buffers fill, then the stream's
+  await waitFor(() => app.stabilizer.getConnection('stalled') !== undefined)
+  const chunk = Buffer.alloc(64 * 1024, 7)
+  // 200 × 64 KiB in one callback: far more than the kernel takes for a reader that stopped.
+  const results = await Promise.all(Array.from({ length: 200 }, async () => await app.stabilizer.broadcast(chunk)))
+  const dropped = results.reduce((sum, r) => sum + r.dropped, 0)
+  t.ok(dropped > 0, `${dropped} of 200 dropped within the callback`)
+  const waiting = app.stabilizer.getConnection('stalled')!.socket.bufferedAmount
+  t.ok(waiting <= cap + 2 * chunk.length, `${waiting} bytes waiting in the stream, within the limit and a message or two`)
 })
