@@ -1,6 +1,7 @@
 /**
- * Frames written straight to a transport within one callback of the event loop leave it in one
- * write: a burst of broadcasts costs each socket one system call, and its reader one read.
+ * Frames written straight to a transport within one callback of the event loop leave it in at
+ * most two writes: a burst of broadcasts costs each socket two system calls, and its reader
+ * about as many reads, whatever the number of messages.
  */
 import type { Duplex } from 'node:stream'
 import type { WebSocket } from 'ws'
@@ -8,11 +9,22 @@ import { transportOf } from './wire.js'
 
 /** Transports corked by this module, uncorked together once the current callback is done. */
 let corked = new Set<Duplex>()
+/** Transports that took a frame at once in this callback: their next frame corks them. */
+let written = new Set<Duplex>()
+let scheduled = false
 
-function uncorkAll (): void {
+function endOfCallback (): void {
+  scheduled = false
   const batch = corked
   corked = new Set()
+  written = new Set()
   for (const transport of batch) uncork(transport)
+}
+
+function untilEndOfCallback (): void {
+  if (scheduled) return
+  scheduled = true
+  process.nextTick(endOfCallback)
 }
 
 function uncork (transport: Duplex): void {
@@ -33,16 +45,26 @@ export function holdWrites (transport: Duplex | undefined): void {
   if (transport === undefined || transport.writableLength !== 0 || corked.has(transport)) return
   transport.cork()
   corked.add(transport)
-  if (corked.size === 1) process.nextTick(uncorkAll)
+  untilEndOfCallback()
 }
 
 /**
- * Writes `frame` to `transport`, to leave with the callback's other frames to it. Once a
- * stream's worth (its high-water mark) is held, it goes now: what the kernel does not take
- * then waits in the stream, where the slow-consumer check sees it.
+ * Writes `frame` to `transport`. The first frame of a callback to a transport leaves at once (a
+ * lone broadcast reaches its first readers while the loop is still writing to the others); the
+ * next ones are held and leave together when the callback is done. Once a stream's worth (its
+ * high-water mark) is held, it goes now: what the kernel does not take then waits in the
+ * stream, where the slow-consumer check sees it.
  */
 export function writeCoalesced (transport: Duplex, frame: Buffer): void {
-  holdWrites(transport)
+  if (!corked.has(transport)) {
+    if (!written.has(transport)) {
+      written.add(transport)
+      untilEndOfCallback()
+      transport.write(frame)
+      return
+    }
+    holdWrites(transport)
+  }
   transport.write(frame)
   if (transport.writableLength >= transport.writableHighWaterMark && corked.delete(transport)) uncork(transport)
 }
