@@ -8,7 +8,6 @@ import type { Connection, DisconnectCause } from './connection.js'
 import { CatchUp, type Positioned } from './catch-up.js'
 import { Outbound } from './fanout.js'
 import type { Positions, ReplayOutcome, ResumeReport } from './protocol.js'
-import { transportOf } from './wire.js'
 import { holdWrites } from './write-coalescing.js'
 
 /** What an upgrade that presented a valid reconnect token resumes. */
@@ -170,7 +169,7 @@ export class StreamStarter {
 
   private flush (connection: Connection, messages: readonly Outbound[]): void {
     if (connection.state !== 'open') return
-    holdWrites(transportOf(connection.socket))
+    holdWrites(connection.socket)
     for (const message of messages) this.io.send(connection, message)
   }
 }

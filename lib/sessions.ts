@@ -14,7 +14,6 @@ import type { Registry } from './registry.js'
 import { allowsResume, sessionRecord, type ResumeRequest, type StreamStart } from './resume.js'
 import type { ReconnectTokens } from './tokens.js'
 import { inBackground, runHook } from './unawaited.js'
-import { transportOf } from './wire.js'
 import { holdWrites } from './write-coalescing.js'
 import type { UserData } from './user-data.js'
 
@@ -116,7 +115,7 @@ export class Sessions {
       positions: start.positions,
       resume: start.report ?? null
     }
-    holdWrites(transportOf(connection.socket))
+    holdWrites(connection.socket)
     connection.socket.send(JSON.stringify(welcome))
     for (const message of start.messages) writeTo(connection, message.frameFor(connection))
     const { report } = start

@@ -10,14 +10,15 @@ import { transportOf } from './wire.js'
 /** Transports corked by this module, uncorked together once the current callback is done. */
 let corked = new Set<Duplex>()
 /** Transports that took a frame at once in this callback: their next frame corks them. */
-let written = new Set<Duplex>()
+const written = new Set<Duplex>()
 let scheduled = false
 
 function endOfCallback (): void {
   scheduled = false
+  written.clear()
+  if (corked.size === 0) return
   const batch = corked
   corked = new Set()
-  written = new Set()
   for (const transport of batch) uncork(transport)
 }
 
@@ -36,12 +37,17 @@ function uncork (transport: Duplex): void {
 }
 
 /**
- * Holds back what is written to `transport` until the current callback is done, then sends it
- * in one write. A transport with bytes already waiting is left alone: the stream queues new
- * writes behind them and sends the queue in one write once the kernel takes more. Order is
- * kept either way: everything written meanwhile (a ws send, a ping) joins the same queue.
+ * Holds back what is written to the socket's transport until the current callback is done,
+ * then sends it in one write. A transport with bytes already waiting is left alone: the stream
+ * queues new writes behind them and sends the queue in one write once the kernel takes more.
+ * Order is kept either way: everything written meanwhile (a ws send, a ping) joins the same
+ * queue.
  */
-export function holdWrites (transport: Duplex | undefined): void {
+export function holdWrites (socket: WebSocket): void {
+  hold(transportOf(socket))
+}
+
+function hold (transport: Duplex | undefined): void {
   if (transport === undefined || transport.writableLength !== 0 || corked.has(transport)) return
   transport.cork()
   corked.add(transport)
@@ -63,7 +69,7 @@ export function writeCoalesced (transport: Duplex, frame: Buffer): void {
       transport.write(frame)
       return
     }
-    holdWrites(transport)
+    hold(transport)
   }
   transport.write(frame)
   if (transport.writableLength >= transport.writableHighWaterMark && corked.delete(transport)) uncork(transport)

@@ -33,6 +33,7 @@ export interface StreamStart {
 
 const fillPage = 500
 const clientStreamPrefix = clientStream('')
+const noop = (): void => {}
 /** Entries read back after a reconnect or a failover, to find positions a lagging replica re-issued. */
 export const lookbackAfterReconnect = 100
 const keptResultsMs = 30_000
@@ -67,13 +68,13 @@ class StreamState {
   readonly active = deferred()
   /** Set once `active` resolved. */
   live = false
-  /** What `deliver` returned for the last entry, while it is a promise (a fan-out spanning turns). */
+  /** What `deliver` returned for the last fanned-out entry (a fan-out may span turns). */
   delivering: Promise<unknown> | undefined = undefined
   activating = false
   gapTimer: NodeJS.Timeout | undefined = undefined
   filling = false
-  /** A fill to the top asked for while another fill was reading. */
-  refill: { lookback: number } | undefined = undefined
+  /** The lookback of a fill to the top asked for while another fill was reading. */
+  refillLookback: number | undefined = undefined
   closed = false
 
   /** When the subscription was asked for (ms since the epoch): what is published after it is delivered. */
@@ -160,17 +161,17 @@ export class StreamSubscriptions {
   }
 
   /**
-   * Where delivery of a live stream stands here, once the last entry's delivery finished (a
-   * fan-out to many local readers spans turns): every later entry comes through `deliver`.
-   * Undefined when the stream is not followed or not live yet. The store's top can be ahead of
-   * it by the notifications still on their way, which a follower must not take as sent.
+   * Where delivery of a followed stream stands here, once it is active and the last entry's
+   * delivery finished (a fan-out to many local readers spans turns): every later entry comes
+   * through `deliver`. Undefined when the stream is not followed. The store's top can be ahead
+   * of it by the notifications still on their way, which a follower must not take as sent.
    */
   async position (stream: string): Promise<StreamPosition | undefined> {
+    await this.whenActive(stream)
     const state = this.#streams.get(stream)
     if (state === undefined || !state.live || state.epoch === undefined) return undefined
     const position = { epoch: state.epoch, seq: state.last }
-    const delivering = state.delivering
-    if (delivering !== undefined) await delivering.catch(() => {})
+    await state.delivering?.then(noop, noop)
     return position
   }
 
@@ -365,11 +366,7 @@ export class StreamSubscriptions {
       process.emitWarning(err as Error) // the stabilizer's handler must not break delivery of the stream
     }
     // A client's stream is one write; a fan-out to a group or everyone may span turns.
-    if (value instanceof Promise && !entry.stream.startsWith(clientStreamPrefix)) {
-      const delivering = value
-      state.delivering = delivering
-      delivering.finally(() => { if (state.delivering === delivering) state.delivering = undefined }).catch(() => {})
-    }
+    if (value instanceof Promise && !entry.stream.startsWith(clientStreamPrefix)) state.delivering = value
     if (entry.origin !== this.#source.instanceId) return
     if (!this.#settle(k, value)) this.#results.set(k, { value, at: Date.now() })
   }
@@ -413,7 +410,7 @@ export class StreamSubscriptions {
     if (state.closed || state.epoch === undefined) return
     if (state.filling) {
       // Asked again while reading (a reconnect during a gap's fill): read again once done.
-      if (toTop) state.refill = { lookback: Math.max(lookback, state.refill?.lookback ?? 0) }
+      if (toTop) state.refillLookback = Math.max(lookback, state.refillLookback ?? 0)
       return
     }
     state.filling = true
@@ -456,9 +453,9 @@ export class StreamSubscriptions {
       this.#drain(state)
     } finally {
       state.filling = false
-      const refill = state.refill
-      state.refill = undefined
-      if (refill !== undefined && !state.closed) void this.#fill(state, true, refill.lookback)
+      const refillLookback = state.refillLookback
+      state.refillLookback = undefined
+      if (refillLookback !== undefined && !state.closed) void this.#fill(state, true, refillLookback)
       else if (!state.closed && this.#gap(state)) this.#armGap(state)
     }
   }

@@ -508,10 +508,10 @@ class RedisAdapter implements StabilizerAdapter {
     return { position, local: await streams.delivered(entry) }
   }
 
-  async #within (promise: Promise<unknown>): Promise<void> {
+  async #within<T> (promise: Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined
     try {
-      await Promise.race([promise, new Promise<never>((_resolve, reject) => {
+      return await Promise.race([promise, new Promise<never>((_resolve, reject) => {
         timer = setTimeout(() => { reject(new AdapterUnavailableError(`the subscription at ${this.#conn.address} did not come up within ${this.#settings.commandTimeout} ms`)) }, this.#settings.commandTimeout)
         timer.unref()
       })])
@@ -529,14 +529,8 @@ class RedisAdapter implements StabilizerAdapter {
   }
 
   async top (stream: string): Promise<StreamPosition> {
-    if (this.#streams !== undefined) {
-      await this.#within(this.#streams.whenActive(stream))
-      const settled = this.#streams.position(stream)
-      await this.#within(settled)
-      const delivered = await settled
-      if (delivered !== undefined) return delivered
-    }
-    return await this.#top(stream)
+    const delivered = this.#streams === undefined ? undefined : await this.#within(this.#streams.position(stream))
+    return delivered ?? await this.#top(stream)
   }
 
   async #start (stream: string, since: number): Promise<StreamStart> {
