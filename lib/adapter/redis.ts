@@ -150,6 +150,8 @@ class RedisAdapter implements StabilizerAdapter {
    * again if Redis lost them.
    */
   readonly #held = new Map<string, { since: number, saved: string | undefined }>()
+  /** Each client's session write in flight, the next one waits for it. */
+  readonly #saving = new Map<string, Promise<void>>()
   #lastErrors = new Map<RedisClient, Error>()
   #listeners: Array<[EventEmitter, string, Listener]> = []
   #connected = true
@@ -621,10 +623,23 @@ class RedisAdapter implements StabilizerAdapter {
 
   // ---- sessions ---------------------------------------------------------------------------
   async saveSession (record: SessionRecord): Promise<void> {
+    const { clientId } = record
     const value = `${Buffer.byteLength(record.sessionId)}:${record.sessionId}${JSON.stringify(record)}`
-    await this.#call(async (client) => await client.set(this.#session(record.clientId), value, 'PX', this.#limits.retentionMs))
-    const held = this.#held.get(record.clientId)
-    if (held !== undefined) held.saved = value
+    // A client's records are written in the order they were made, whatever queue ioredis (a
+    // Cluster's offline queue, a slot refresh) holds one in: the last one made is what stays.
+    const previous = this.#saving.get(clientId)
+    const write = (async () => {
+      await previous?.catch(() => {})
+      await this.#call(async (client) => await client.set(this.#session(clientId), value, 'PX', this.#limits.retentionMs))
+      const held = this.#held.get(clientId)
+      if (held !== undefined) held.saved = value
+    })()
+    this.#saving.set(clientId, write)
+    try {
+      await write
+    } finally {
+      if (this.#saving.get(clientId) === write) this.#saving.delete(clientId)
+    }
   }
 
   async takeSession (clientId: string, sessionId: string): Promise<SessionRecord | undefined> {
